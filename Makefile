@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make run` (set up + the main job) and `make test`.
+# A GPU user installs another torch first: make run TORCH_SPEC="torch==2.13.0 --index-url ..."
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+export WANDB_MODE ?= offline
+
+.PHONY: setup run test test-all lint
+
+$(BIN)/.attnlab-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: anything that depends on it would otherwise pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(BIN)/.attnlab-installed
+
+run: setup
+	$(BIN)/attnlab-train experiment=reverse_tiny
+
+test: setup
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests

@@ -1,0 +1,1 @@
+"""Data: corpus reading and validation, tokenizers, synthetic tasks, the DataModule."""

@@ -1,0 +1,108 @@
+"""The LightningDataModule: text -> ids -> token-budget batches, for every data source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from . import synthetic
+from .batching import TokenBucketSampler, collate, make_examples
+from .text import CorpusError, read_parallel
+from .tokenizers import Tokenizer, WordTokenizer
+
+SPLITS = ("train", "val", "test")
+
+
+class TranslationDataModule(L.LightningDataModule):
+    """Holds raw sentences per split, the source and target tokenizers, and the batches.
+
+    `source` is "synthetic" (data.task copy/reverse/sort) or "parallel" ({root}/{split}.{lang}).
+    Sentences longer than `max_sentence_len` tokens are dropped from training only.
+    """
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        task: str = "reverse",
+        n_symbols: int = 20,
+        min_len: int = 4,
+        max_len: int = 12,
+        train_size: int = 20000,
+        val_size: int = 500,
+        test_size: int = 500,
+        root: str | None = None,
+        src_lang: str = "src",
+        tgt_lang: str = "tgt",
+        splits: dict | None = None,
+        vocab_size: int = 8000,
+        max_sentence_len: int = 128,
+        max_tokens: int = 4096,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.source, self.task = source, task
+        self.n_symbols, self.min_len, self.max_len = n_symbols, min_len, max_len
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.root, self.src_lang, self.tgt_lang = root, src_lang, tgt_lang
+        self.split_files = dict(splits or {s: s for s in SPLITS})
+        self.vocab_size, self.max_sentence_len = vocab_size, max_sentence_len
+        self.max_tokens, self.num_workers, self.seed = max_tokens, num_workers, seed
+        self.text: dict[str, tuple[list[str], list[str]]] = {}
+        self.src_tokenizer: Tokenizer | None = None
+        self.tgt_tokenizer: Tokenizer | None = None
+        self.examples: dict[str, list] = {}
+
+    # -- text -----------------------------------------------------------------------------
+    def read_split(self, split: str) -> tuple[list[str], list[str]]:
+        if self.source == "synthetic":
+            return synthetic.generate(
+                self.task, split, self.sizes[split], self.n_symbols, self.min_len, self.max_len, self.seed
+            )
+        if self.source == "parallel":
+            if not self.root:
+                raise CorpusError("data=parallel needs data.root=/path/to/folder with {split}.{lang} files")
+            return read_parallel(Path(self.root), self.split_files[split], self.src_lang, self.tgt_lang)
+        raise ValueError(f"unknown data source {self.source!r}")
+
+    def build_tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        src, tgt = self.text["train"]
+        if self.source == "synthetic":
+            shared = WordTokenizer(synthetic.symbols(self.n_symbols))
+            return shared, shared
+        return WordTokenizer.build(src, self.vocab_size), WordTokenizer.build(tgt, self.vocab_size)
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        self.text = {split: self.read_split(split) for split in SPLITS}
+        if self.src_tokenizer is None:
+            self.src_tokenizer, self.tgt_tokenizer = self.build_tokenizers()
+        for split, (src, tgt) in self.text.items():
+            src_ids = [self.src_tokenizer.encode(s) for s in src]
+            tgt_ids = [self.tgt_tokenizer.encode(t) for t in tgt]
+            examples = make_examples(src_ids, tgt_ids)
+            if split == "train":
+                examples = [e for e in examples if max(len(e.src), len(e.tgt) + 1) <= self.max_sentence_len]
+                self.n_filtered = len(src_ids) - len(examples)
+            self.examples[split] = examples
+
+    def loader(self, split: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        examples = self.examples[split]
+        lengths = [max(len(e.src), len(e.tgt) + 1) for e in examples]
+        sampler = TokenBucketSampler(lengths, self.max_tokens, shuffle=shuffle, seed=self.seed)
+        return torch.utils.data.DataLoader(
+            examples, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self):
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self.loader("val")
+
+    def test_dataloader(self):
+        return self.loader("test")

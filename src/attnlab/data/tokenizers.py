@@ -1,0 +1,99 @@
+"""Tokenizers turn a sentence into ids and back. Every tokenizer shares the special ids
+below and can be stored inside a checkpoint (`to_state`) so translation needs no files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+class Tokenizer:
+    """Interface: `encode` gives ids without BOS/EOS; `decode` stops at EOS and drops specials."""
+
+    kind = "abstract"
+    pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, UNK
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def to_state(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Tokenizer":
+        raise NotImplementedError
+
+    def content_ids(self, ids: Sequence[int]) -> list[int]:
+        """ids up to the first EOS, without padding or BOS."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):
+                out.append(i)
+        return out
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace-separated words (or symbols), with a vocabulary built from training text."""
+
+    kind = "words"
+
+    def __init__(self, words: Sequence[str]):
+        self.itos = SPECIALS + [w for w in words if w not in SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, sentences: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> "WordTokenizer":
+        counts = Counter(w for s in sentences for w in s.split())
+        ranked = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        return cls(ranked[: None if max_size is None else max_size - len(SPECIALS)])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(w, UNK) for w in text.split()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.itos[i] for i in self.content_ids(ids))
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "words": self.itos[len(SPECIALS) :]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "WordTokenizer":
+        return cls(state["words"])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_state(), ensure_ascii=False))
+
+
+TOKENIZERS: dict[str, type] = {"words": WordTokenizer}
+
+
+def register_tokenizer(cls: type) -> type:
+    """Class decorator: makes `tokenizer_from_state` know a tokenizer kind."""
+    TOKENIZERS[cls.kind] = cls
+    return cls
+
+
+def tokenizer_from_state(state: dict) -> Tokenizer:
+    kind = state.get("kind")
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(TOKENIZERS)}")
+    return TOKENIZERS[kind].from_state(state)

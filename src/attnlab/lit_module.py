@@ -1,0 +1,187 @@
+"""The LightningModule: label-smoothed loss, Adam with warm-up, metrics and logging.
+
+It holds the plain `Transformer`; the checkpoint carries the model config, the
+tokenizers and a format version, so it rebuilds its model without any config file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .data.tokenizers import Tokenizer, tokenizer_from_state
+from .decoding import beam_search, greedy_search
+from .model import Transformer, TransformerConfig
+from .schedule import learning_rate
+
+CHECKPOINT_FORMAT = 1
+
+
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float, pad_id: int):
+    """-> (loss, nll, correct, n_tokens), sums over non-pad target tokens.
+
+    loss = (1 - eps) * NLL + eps * mean over the vocabulary of -log p (Szegedy et al. 2016,
+    as torch's label_smoothing); one log_softmax serves both the loss and the perplexity.
+    """
+    logp = logits.float().log_softmax(dim=-1)  # (B, T, V)
+    real = target != pad_id
+    nll = -logp.gather(-1, target[..., None])[..., 0]
+    smooth = -logp.mean(dim=-1)
+    loss = ((1 - epsilon) * nll + epsilon * smooth)[real].sum()
+    correct = (logp.argmax(-1) == target)[real].sum()
+    return loss, nll[real].sum(), correct, real.sum()
+
+
+class TranslationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        decode: dict | None = None,
+        tokenizers: dict | None = None,
+        val_decode_size: int = 200,
+        val_decode_every: int = 1,
+    ):
+        super().__init__()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        # Tokenizers travel in the checkpoint itself (on_save_checkpoint), not in hparams.yaml.
+        self.save_hyperparameters(ignore=["tokenizers"])
+        self.model = Transformer(TransformerConfig(**model))
+        self.optim, self.decode_cfg = dict(optim), dict(decode or {})
+        self.tokenizers = {k: tokenizer_from_state(v) for k, v in (tokenizers or {}).items()}
+        self._step_start = None
+        self.val_outputs: list[tuple[list[int], list[int]]] = []
+
+    @property
+    def src_tokenizer(self) -> Tokenizer | None:
+        return self.tokenizers.get("src")
+
+    @property
+    def tgt_tokenizer(self) -> Tokenizer | None:
+        return self.tokenizers.get("tgt")
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.model(src, tgt_in)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _shared_step(self, batch, stage: str):
+        logits = self.model(batch["src"], batch["tgt_in"])
+        loss, nll, correct, n = label_smoothed_nll(
+            logits, batch["tgt_out"], self.optim["label_smoothing"], self.model.config.pad_id
+        )
+        n_f = n.float()
+        bs = batch["src"].size(0)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss / n_f, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/nll", nll / n_f, on_step=False, on_epoch=True, batch_size=bs)
+        self.log(f"{stage}/token_acc", correct / n_f, on_step=False, on_epoch=True, batch_size=bs)
+        return loss / n_f, nll, n
+
+    def training_step(self, batch, batch_idx):
+        loss, _, n = self._shared_step(batch, "train")
+        now = time.perf_counter()
+        if self._step_start is not None:
+            tokens = n.item() + (batch["src"] != self.model.config.pad_id).sum().item()
+            self.log("train/tokens_per_sec", tokens / (now - self._step_start), on_step=True, on_epoch=False)
+        self._step_start = now
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_start(self):
+        self._step_start = None
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+        if self._decode_this_epoch() and len(self.val_outputs) < self.hparams.val_decode_size:
+            hyps = self.translate_ids(batch["src"], strategy="greedy")
+            for hyp, ref in zip(hyps, batch["tgt_out"].tolist()):
+                self.val_outputs.append((hyp, self._content(ref)))
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test")
+        hyps = self.translate_ids(batch["src"])
+        for hyp, ref in zip(hyps, batch["tgt_out"].tolist()):
+            self.val_outputs.append((hyp, self._content(ref)))
+
+    def _decode_this_epoch(self) -> bool:
+        every = self.hparams.val_decode_every
+        return every > 0 and (self.current_epoch + 1) % every == 0 and self.hparams.val_decode_size > 0
+
+    def _content(self, ids: list[int]) -> list[int]:
+        cfg = self.model.config
+        out = []
+        for i in ids:
+            if i == cfg.eos_id:
+                break
+            if i != cfg.pad_id:
+                out.append(i)
+        return out
+
+    def _log_decoded(self, stage: str) -> None:
+        if not self.val_outputs:
+            return
+        exact = sum(h == r for h, r in self.val_outputs) / len(self.val_outputs)
+        self.log(f"{stage}/exact_match", exact, sync_dist=True)
+        self.val_outputs.clear()
+
+    def on_validation_epoch_start(self):
+        self.val_outputs.clear()
+
+    def on_validation_epoch_end(self):
+        nll = self.trainer.callback_metrics.get("val/nll")
+        if nll is not None:
+            self.log("val/ppl", math.exp(min(float(nll), 50.0)))
+        self._log_decoded("val")
+
+    def on_test_epoch_start(self):
+        self.val_outputs.clear()
+
+    def on_test_epoch_end(self):
+        nll = self.trainer.callback_metrics.get("test/nll")
+        if nll is not None:
+            self.log("test/ppl", math.exp(min(float(nll), 50.0)))
+        self._log_decoded("test")
+
+    # -- decoding -------------------------------------------------------------------------
+    @torch.no_grad()
+    def translate_ids(self, src: torch.Tensor, strategy: str | None = None) -> list[list[int]]:
+        """Best hypothesis per sentence as content ids (no BOS/EOS/padding)."""
+        d = self.decode_cfg
+        limits = dict(max_len_a=d.get("max_len_a", 1.0), max_len_b=d.get("max_len_b", 50))
+        if (strategy or d.get("strategy", "greedy")) == "beam":
+            tokens, _ = beam_search(
+                self.model, src, beam_size=d["beam_size"], n_best=1,
+                length_penalty_alpha=d.get("length_penalty", 0.0), **limits,
+            )
+            tokens = tokens[:, 0]
+        else:
+            tokens = greedy_search(self.model, src, **limits)
+        return [self._content(row) for row in tokens.tolist()]
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.Adam(
+            self.parameters(), lr=1.0, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"]
+        )
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
+        d_model = self.model.config.d_model
+
+        def rate(step: int) -> float:  # LambdaLR multiplies the base lr (1.0) by this
+            return learning_rate(
+                step + 1, o["schedule"], o["lr"], o["warmup_steps"], d_model, o["lr_scale"], total
+            )
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attnlab_format"] = CHECKPOINT_FORMAT
+        checkpoint["tokenizers"] = {k: t.to_state() for k, t in self.tokenizers.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizers = {k: tokenizer_from_state(v) for k, v in checkpoint.get("tokenizers", {}).items()}

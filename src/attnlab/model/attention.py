@@ -1,0 +1,113 @@
+"""Multi-head scaled dot-product attention (paper section 3.2), with the Illustrated
+Transformer's names: queries, keys and values, scores divided by sqrt(d_k), softmax,
+heads concatenated and projected by W_O.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) with masked keys at -inf: (B, h, Tq, d_k) x (B, h, Tk, d_k) -> (B, h, Tq, Tk)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if is_causal:
+        Tq, Tk = scores.shape[-2:]
+        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+class MultiHeadAttention(nn.Module):
+    """h heads of width d_k = d_model / h, each attending in its own subspace.
+
+    W_Q, W_K and W_V are three d_model x d_model matrices; they are stored stacked in
+    `in_proj` (rows [W_Q; W_K; W_V]) so self-attention projects with one matmul, and
+    cross-attention uses the W_Q rows on the decoder state and the W_K, W_V rows on the
+    encoder output. `out_proj` is W_O. Masks are boolean, True where a key may be seen.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, attention_dropout: float, rotary: nn.Module):
+        super().__init__()
+        self.n_heads, self.d_k = n_heads, d_model // n_heads
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.rotary = rotary
+        self.attention_dropout = attention_dropout
+        # Set by Transformer.attention_maps(): take the explicit path and keep the weights.
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, d_model) -> (B, h, T, d_k)
+        return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = x.shape  # (B, h, T, d_k) -> (B, T, d_model): "concatenate the heads"
+        return x.transpose(1, 2).reshape(B, T, self.n_heads * self.d_k)
+
+    def project_query(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.n_heads * self.d_k
+        return self.split_heads(F.linear(x, self.in_proj.weight[:d], self.in_proj.bias[:d]))
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the encoder output, computed once and reused at every decoder step."""
+        d = self.n_heads * self.d_k
+        k, v = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:]).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def self_attention(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """x attends to itself: (B, T, d_model) -> (B, T, d_model).
+
+        With a cache, x holds only the new positions; their keys and values are appended
+        and the queries attend to every cached position (all earlier, so no mask).
+        """
+        q, k, v = (self.split_heads(t) for t in self.in_proj(x).chunk(3, dim=-1))  # 3 x (B, h, T, d_k)
+        offset = 0 if cache is None else cache.length
+        q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            if x.size(1) != 1:
+                raise ValueError("cached self-attention takes one new position at a time")
+            k, v = cache.append(k, v)
+            causal = False
+        return self.attend(q, k, v, mask, causal)
+
+    def cross_attention(
+        self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Decoder queries attend to the encoder's keys and values: (B, T, d_model) -> (B, T, d_model)."""
+        return self.attend(self.project_query(x), *memory_kv, mask, False)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """General attention, paper argument order; `key` and `value` are usually the same tensor."""
+        d = self.n_heads * self.d_k
+        w, b = self.in_proj.weight, self.in_proj.bias
+        k = self.split_heads(F.linear(key, w[d : 2 * d], b[d : 2 * d]))
+        v = self.split_heads(F.linear(value, w[2 * d :], b[2 * d :]))
+        return self.attend(self.project_query(query), k, v, mask, False)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        # q: (B, h, Tq, d_k); k, v: (B, h, Tk, d_k); mask broadcastable to (B, h, Tq, Tk)
+        p = self.attention_dropout if self.training else 0.0
+        if self.keep_weights:
+            weights = attention_weights(q, k, mask, causal)
+            self.weights = weights.detach()
+            out = F.dropout(weights, p) @ v
+        else:
+            # Fast path: fused kernel (flash / memory-efficient on GPU, fused on CPU).
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.out_proj(self.merge_heads(out))  # (B, Tq, d_model)

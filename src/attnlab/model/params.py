@@ -1,0 +1,21 @@
+"""Parameter count from the configuration alone, to check the model against the formula."""
+
+from __future__ import annotations
+
+from .config import TransformerConfig
+
+
+def expected_num_parameters(cfg: TransformerConfig) -> int:
+    d, f = cfg.d_model, cfg.d_ff
+    attention = 4 * (d * d + d)  # W_Q, W_K, W_V, W_O with biases
+    ffn = d * f + f + f * d + d
+    layer_norm = 2 * d
+    encoder_layer = attention + ffn + 2 * layer_norm
+    decoder_layer = 2 * attention + ffn + 3 * layer_norm
+    final_norms = 2 * layer_norm if cfg.norm == "pre" else 0
+    src_emb, tgt_emb = cfg.src_vocab_size * d, cfg.tgt_vocab_size * d
+    embeddings = {"none": src_emb + 2 * tgt_emb, "decoder": src_emb + tgt_emb, "all": src_emb}[cfg.tie_embeddings]
+    positions = 2 * cfg.max_len * d if cfg.positional == "learned" else 0
+    return (
+        cfg.encoder_layers * encoder_layer + cfg.decoder_layers * decoder_layer + final_norms + embeddings + positions
+    )

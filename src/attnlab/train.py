@@ -1,0 +1,97 @@
+"""`attnlab-train`: compose the config, build data, model and trainer, fit, test, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from .cli import USER_ERRORS, explain_and_exit
+from .config import ConfigError, model_config, validate
+from .data.datamodule import TranslationDataModule
+from .lit_module import TranslationModule
+from .summary import print_examples, print_summary
+
+log = logging.getLogger("attnlab")
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """`logger:` / `callbacks:` groups are maps of name -> {_target_: ...}; null entries are off."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def build_datamodule(cfg: DictConfig) -> TranslationDataModule:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data.get("root"):
+        data["root"] = to_absolute_path(data["root"])
+    dm = TranslationDataModule(**data, seed=cfg.seed)
+    dm.setup()
+    return dm
+
+
+def build_module(cfg: DictConfig, dm: TranslationDataModule) -> TranslationModule:
+    model = model_config(cfg, dm.src_tokenizer.vocab_size, dm.tgt_tokenizer.vocab_size)
+    return TranslationModule(
+        model=model.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        decode=OmegaConf.to_container(cfg.decode, resolve=True),
+        tokenizers={"src": dm.src_tokenizer.to_state(), "tgt": dm.tgt_tokenizer.to_state()},
+        val_decode_size=cfg.val_decode_size,
+        val_decode_every=cfg.val_decode_every,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    try:
+        return L.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            logger=_instantiate_all(cfg.logger) or False,
+            callbacks=_instantiate_all(cfg.callbacks),
+            default_root_dir=cfg.paths.output_dir,
+        )
+    except TypeError as err:  # an unknown trainer.* key
+        raise ConfigError(f"trainer: {err}") from None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) one model from a composed config; returns the final metrics."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    trainer = build_trainer(cfg)
+    log.info("model: %s parameters", f"{module.model.num_parameters():,}")
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.test and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    metrics["parameters"] = module.model.num_parameters()
+    metrics["steps"] = trainer.global_step
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    print_examples(module, dm, "val", cfg.show_examples)
+    print_summary(metrics, out_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as err:
+        explain_and_exit(err, "attnlab-train")
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
