@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import typing
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -47,7 +47,7 @@ class DataSchema:
     train_size: int = 20000
     val_size: int = 500
     test_size: int = 500
-    root: Optional[str] = None
+    root: str | None = None
     src_lang: str = "src"
     tgt_lang: str = "tgt"
     splits: dict = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
@@ -94,7 +94,7 @@ class TrainSchema:
     val_decode_size: int = 200
     val_decode_every: int = 1
     test: bool = True
-    ckpt_path: Optional[str] = None
+    ckpt_path: str | None = None
     show_examples: int = 5
     optimized_metric: str = "val/loss"
 

@@ -11,7 +11,6 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from .data.tokenizers import Tokenizer, tokenizer_from_state
 from .decoding import beam_search, greedy_search

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -32,7 +32,7 @@ class Tokenizer:
         raise NotImplementedError
 
     @classmethod
-    def from_state(cls, state: dict) -> "Tokenizer":
+    def from_state(cls, state: dict) -> Tokenizer:
         raise NotImplementedError
 
     def content_ids(self, ids: Sequence[int]) -> list[int]:
@@ -57,7 +57,7 @@ class WordTokenizer(Tokenizer):
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, sentences: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> "WordTokenizer":
+    def build(cls, sentences: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> WordTokenizer:
         counts = Counter(w for s in sentences for w in s.split())
         ranked = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         return cls(ranked[: None if max_size is None else max_size - len(SPECIALS)])
@@ -76,7 +76,7 @@ class WordTokenizer(Tokenizer):
         return {"kind": self.kind, "words": self.itos[len(SPECIALS) :]}
 
     @classmethod
-    def from_state(cls, state: dict) -> "WordTokenizer":
+    def from_state(cls, state: dict) -> WordTokenizer:
         return cls(state["words"])
 
     def save(self, path: str | Path) -> None:

@@ -3,7 +3,7 @@ decoder layers, and the stacks."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
