@@ -131,7 +131,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.decode.beam_size < 1:
         raise ConfigError(f"decode.beam_size must be >= 1, got {cfg.decode.beam_size}")
     if not 1 <= cfg.decode.n_best <= cfg.decode.beam_size:
-        raise ConfigError(f"decode.n_best must be in [1, decode.beam_size={cfg.decode.beam_size}], got {cfg.decode.n_best}")
+        raise ConfigError(
+            f"decode.n_best must be in [1, decode.beam_size={cfg.decode.beam_size}], got {cfg.decode.n_best}"
+        )
     if cfg.optim.warmup_steps < 0 or cfg.optim.lr <= 0:
         raise ConfigError("optim.lr must be > 0 and optim.warmup_steps >= 0")
     if not 0.0 <= cfg.optim.label_smoothing < 1.0:

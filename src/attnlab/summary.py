@@ -33,7 +33,17 @@ def print_examples(module, dm, split: str, n: int) -> None:
 
 def print_summary(metrics: dict, out_dir: Path) -> None:
     table = Table(title="results", show_header=False)
-    for key in ("val/loss", "val/ppl", "val/exact_match", "test/loss", "test/ppl", "test/exact_match", "parameters", "steps"):
+    keys = (
+        "val/loss",
+        "val/ppl",
+        "val/exact_match",
+        "test/loss",
+        "test/ppl",
+        "test/exact_match",
+        "parameters",
+        "steps",
+    )
+    for key in keys:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:,.0f}" if key in ("parameters", "steps") else f"{value:.4f}")

@@ -21,7 +21,8 @@ def read_lines(path: Path) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{path}, line {line}: invalid UTF-8 (byte {raw[err.start]:#x} at offset {err.start})") from None
+        bad = f"byte {raw[err.start]:#x} at offset {err.start}"
+        raise CorpusError(f"{path}, line {line}: invalid UTF-8 ({bad}); convert the file to UTF-8") from None
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines and lines[-1] == "":
