@@ -1,0 +1,131 @@
+"""Scaled dot-product and multi-head attention against their definitions (paper section 3.2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnlab.model import MultiHeadAttention
+from attnlab.model.attention import attention_weights
+from attnlab.model.positional import NoRotation
+
+B, T, S, D, H = 3, 5, 7, 16, 4
+
+
+def make_mha() -> MultiHeadAttention:
+    mha = MultiHeadAttention(D, H, attention_dropout=0.0, rotary=NoRotation()).eval()
+    torch.nn.init.normal_(mha.in_proj.bias)  # non-zero biases, so a misplaced bias slice shows
+    torch.nn.init.normal_(mha.out_proj.bias)
+    return mha
+
+
+def key_padding_mask(lengths: list[int], width: int) -> torch.Tensor:
+    """(B, 1, 1, width): True on each row's first `length` keys."""
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+
+
+def both_paths(mha: MultiHeadAttention, run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output of the fused SDPA path, output and weights of the explicit (keep_weights) path."""
+    fast = run()
+    mha.keep_weights = True
+    explicit = run()
+    weights = mha.weights
+    mha.keep_weights = False
+    return fast, explicit, weights
+
+
+def test_sdpa_and_explicit_paths_agree_with_padding_mask():
+    mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
+    mask = key_padding_mask([7, 4, 1], S)
+    fast, explicit, weights = both_paths(mha, lambda: mha(x, memory, memory, mask))
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=0)
+    assert weights.shape == (B, H, T, S)
+
+
+def test_sdpa_and_explicit_paths_agree_causal_self_attention():
+    mha, x = make_mha(), torch.randn(B, T, D)
+    fast, explicit, weights = both_paths(mha, lambda: mha.self_attention(x, causal=True))
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=0)
+    # Causal: query t gives exactly zero weight to every key after t.
+    assert (weights.triu(diagonal=1) == 0).all()
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    assert (weights[..., allowed] > 0).all()
+
+
+def test_sdpa_and_explicit_paths_agree_causal_with_padding_mask():
+    mha, x = make_mha(), torch.randn(B, T, D)
+    mask = key_padding_mask([5, 3, 2], T)
+    fast, explicit, _ = both_paths(mha, lambda: mha.self_attention(x, mask, causal=True))
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=0)
+
+
+def test_weights_sum_to_one_over_keys_and_are_zero_on_padding():
+    mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
+    lengths = [7, 4, 1]
+    _, _, weights = both_paths(mha, lambda: mha(x, memory, memory, key_padding_mask(lengths, S)))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, T))
+    for b, n in enumerate(lengths):
+        assert (weights[b, ..., n:] == 0).all(), "padded keys must get exactly zero weight"
+        assert (weights[b, ..., :n] > 0).all()
+
+
+def test_attention_weights_is_softmax_of_scaled_scores():
+    q, k = torch.randn(2, H, T, 8), torch.randn(2, H, S, 8)
+    expected = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
+    torch.testing.assert_close(attention_weights(q, k, None, False), expected)
+
+
+def reference_multi_head(mha: MultiHeadAttention, query, key, value, mask) -> torch.Tensor:
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, head_i = Attention(Q W_Q^i, K W_K^i, V W_V^i),
+    written with one W_Q / W_K / W_V per head, as in the paper."""
+    d_k = D // H
+    w_q, w_k, w_v = mha.in_proj.weight.chunk(3)  # the separate projections, rows [W_Q; W_K; W_V]
+    b_q, b_k, b_v = mha.in_proj.bias.chunk(3)
+    heads = []
+    for i in range(H):
+        rows = slice(i * d_k, (i + 1) * d_k)
+        q = query @ w_q[rows].T + b_q[rows]  # (B, Tq, d_k)
+        k = key @ w_k[rows].T + b_k[rows]
+        v = value @ w_v[rows].T + b_v[rows]
+        scores = q @ k.transpose(1, 2) / math.sqrt(d_k)  # (B, Tq, Tk)
+        scores = scores.masked_fill(~mask[:, 0], float("-inf"))
+        heads.append(torch.softmax(scores, dim=-1) @ v)
+    return torch.cat(heads, dim=-1) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+@pytest.mark.parametrize("keep_weights", [False, True])
+def test_multi_head_attention_matches_per_head_reference(keep_weights):
+    mha = make_mha()
+    mha.keep_weights = keep_weights
+    query, key, value = torch.randn(B, T, D), torch.randn(B, S, D), torch.randn(B, S, D)
+    mask = key_padding_mask([7, 6, 3], S)
+    with torch.no_grad():
+        torch.testing.assert_close(mha(query, key, value, mask), reference_multi_head(mha, query, key, value, mask))
+
+
+def test_self_and_cross_attention_helpers_equal_the_general_form():
+    mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
+    mask_s, mask_t = key_padding_mask([7, 4, 2], S), key_padding_mask([5, 5, 2], T)
+    torch.testing.assert_close(mha.self_attention(x, mask_t), mha(x, x, x, mask_t))
+    torch.testing.assert_close(mha.cross_attention(x, mha.project_kv(memory), mask_s), mha(x, memory, memory, mask_s))
+
+
+def test_cached_self_attention_equals_causal_full_sequence():
+    from attnlab.model import KVCache
+
+    mha, x = make_mha(), torch.randn(B, T, D)
+    full = mha.self_attention(x, causal=True)
+    cache = KVCache()
+    steps = [mha.self_attention(x[:, t : t + 1], cache=cache) for t in range(T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_attention_dropout_only_in_training():
+    mha = MultiHeadAttention(D, H, attention_dropout=0.5, rotary=NoRotation())
+    x = torch.randn(B, T, D)
+    mha.eval()
+    torch.testing.assert_close(mha.self_attention(x), mha.self_attention(x))
+    mha.train()
+    assert not torch.allclose(mha.self_attention(x), mha.self_attention(x))
