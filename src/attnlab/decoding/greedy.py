@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Transformer
+from .stepper import make_stepper
 
 
 def output_limits(
@@ -13,7 +14,8 @@ def output_limits(
     """Most output tokens (EOS included) each sentence may get: (B,) int64.
 
     `max_len` fixes it for all; otherwise a * source length + b (the paper: input + 50).
-    Never more than the model's positions allow (BOS takes position 0).
+    Never more than the model's positions allow: the decoder reads BOS and all but the
+    last output token, so an output of model.max_len tokens uses positions 0..max_len-1.
     """
     cfg = model.config
     if max_len is None:
@@ -21,25 +23,28 @@ def output_limits(
         limit = (max_len_a * src_len).long() + max_len_b
     else:
         limit = torch.full((src.size(0),), max_len, dtype=torch.long, device=src.device)
-    return limit.clamp(1, cfg.max_len - 1)
+    return limit.clamp(1, cfg.max_len)
 
 
 def next_token_log_probs(
-    model: Transformer, tokens: torch.Tensor, cache, step: int, limits: torch.Tensor, min_len: int
+    model: Transformer, logits: torch.Tensor, step: int, limits: torch.Tensor, min_len: int
 ) -> torch.Tensor:
-    """log softmax of the next token (N, V), with EOS forbidden before `min_len` and
-    forced at each row's length limit (the last step a row may take)."""
+    """log softmax of the next token (N, V) for output position `step` (0-based).
+
+    PAD and BOS are never outputs; EOS is forbidden before `min_len` tokens and is the
+    only choice at a row's length limit (the limit wins over `min_len`).
+    """
     cfg = model.config
-    eos = cfg.eos_id
-    logp = model.decode_step(tokens, cache).float().log_softmax(dim=-1)
-    logp[:, [cfg.pad_id, cfg.bos_id]] = float("-inf")  # never outputs
+    logp = logits.float().log_softmax(dim=-1)
+    eos_logp = logp[:, cfg.eos_id].clone()
+    logp[:, cfg.pad_id] = float("-inf")
+    logp[:, cfg.bos_id] = float("-inf")
     if step < min_len:
-        logp[:, eos] = float("-inf")
-    at_limit = step + 1 >= limits
+        logp[:, cfg.eos_id] = float("-inf")
+    at_limit = step + 1 >= limits  # (N,)
     if at_limit.any():
-        eos_logp = logp[:, eos].clone()
         logp[at_limit] = float("-inf")
-        logp[:, eos] = torch.where(at_limit, eos_logp, logp[:, eos])
+        logp[at_limit, cfg.eos_id] = eos_logp[at_limit]
     return logp
 
 
@@ -52,27 +57,34 @@ def greedy_search(
     max_len_b: int = 50,
     min_len: int = 0,
     with_scores: bool = False,
+    use_cache: bool = True,
 ):
     """src (B, S) -> output tokens (B, T<=limit), EOS included, padded with pad_id.
 
-    With `with_scores`, also returns each output's total log-probability (B,).
+    With `with_scores`, also returns each output's total log-probability (B,). A sentence
+    leaves the batch as soon as it emits EOS, so later steps cost only the unfinished ones.
     """
     cfg = model.config
+    B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
-    cache = model.start_decoding(memory, src_mask)
+    stepper = make_stepper(model, memory, src_mask, use_cache)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)
-    B = src.size(0)
-    tokens = src.new_full((B, 1), cfg.bos_id)
-    scores = torch.zeros(B, device=src.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for step in range(int(limits.max())):
-        logp = next_token_log_probs(model, tokens[:, -1], cache, step, limits, min_len)
-        best_logp, best = logp.max(dim=-1)
-        scores += best_logp.masked_fill(finished, 0.0)
-        best = best.masked_fill(finished, cfg.pad_id)
-        tokens = torch.cat([tokens, best[:, None]], dim=1)
-        finished |= best == cfg.eos_id
-        if finished.all():
-            break
-    out = tokens[:, 1:]
+    out = src.new_full((B, int(limits.max())), cfg.pad_id)
+    scores = torch.zeros(B, device=device)
+    alive = torch.arange(B, device=device)  # original rows still decoding
+    last = src.new_full((B,), cfg.bos_id)
+    for step in range(out.size(1)):
+        logp = next_token_log_probs(model, stepper.step(last), step, limits[alive], min_len)
+        best_logp, best = logp.max(dim=-1)  # (A,)
+        out[alive, step] = best
+        scores[alive] += best_logp
+        going = best != cfg.eos_id
+        if not going.all():
+            if not going.any():
+                out = out[:, : step + 1]
+                break
+            keep = going.nonzero()[:, 0]
+            stepper.reorder(keep, memory=True)
+            alive, best = alive[keep], best[keep]
+        last = best
     return (out, scores) if with_scores else out

@@ -1,0 +1,50 @@
+"""One decoder step at a time, with or without the key/value cache.
+
+Both steppers take the newest token of every row and return next-token logits (N, V),
+and both can keep a subset of rows (`reorder`): beam search keeps the surviving
+hypotheses' parents, and finished sentences leave the batch. The uncached stepper
+re-runs the decoder over the whole prefix each step: it is the reference the cache
+must reproduce, and the baseline the cache is measured against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import Transformer
+
+
+class CachedStepper:
+    """Each step embeds one position and attends to the cached keys/values: O(t) per step."""
+
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor):
+        self.model = model
+        self.cache = model.start_decoding(memory, src_mask)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_step(tokens, self.cache)  # (N,) -> (N, V)
+
+    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
+        self.cache.reorder(index, memory)
+
+
+class FullPrefixStepper:
+    """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
+
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor):
+        self.model, self.memory, self.src_mask = model, memory, src_mask
+        self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (N, t)
+        return self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1]  # (N, V)
+
+    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
+        self.prefix = self.prefix.index_select(0, index)
+        if memory:
+            self.memory = self.memory.index_select(0, index)
+            self.src_mask = self.src_mask.index_select(0, index)
+
+
+def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool):
+    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask)
