@@ -7,9 +7,11 @@ import sys
 
 from .config import ConfigError
 from .data.text import CorpusError
+from .faults import NonFiniteLossError
 
 log = logging.getLogger("attnlab")
-USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError)
+# A diverged run is not the user's mistake, but it too deserves one message (step, checkpoint, fix).
+USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError, NonFiniteLossError)
 
 
 def explain_and_exit(err: Exception, what: str = "attnlab") -> None:
