@@ -97,11 +97,15 @@ class TrainSchema:
     ckpt_path: str | None = None
     show_examples: int = 5
     optimized_metric: str = "val/loss"
+    # torch intra-op threads per job (null: torch's default); parallel sweeps keep jobs x threads <= cores.
+    threads: int | None = None
 
 
 _PROCESS_UID = secrets.token_hex(3)
 # Run directories end in this per-process id, so two runs started in the same second never collide.
-OmegaConf.register_new_resolver("attnlab.uid", lambda: _PROCESS_UID, replace=True)
+# Cached, so launcher worker processes (joblib, submitit) resolve the sweep directory of the process
+# that started the sweep (Hydra copies the resolver cache into every job's config).
+OmegaConf.register_new_resolver("attnlab.uid", lambda: _PROCESS_UID, replace=True, use_cache=True)
 ConfigStore.instance().store(name="attnlab_schema", node=TrainSchema)
 
 

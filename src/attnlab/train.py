@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import USER_ERRORS, explain_and_exit
 from .config import ConfigError, model_config, validate
+from .jobs import run_job
 from .data.datamodule import TranslationDataModule
 from .lit_module import TranslationModule
 from .summary import print_examples, print_summary
@@ -86,11 +87,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Returns the metric an Optuna sweep optimises. `run_job` writes result.json; in a multirun it
+    records a failed job instead of raising, so one bad job never stops the sweep."""
     try:
-        metrics = train(cfg)
+        return run_job(cfg, train)
     except USER_ERRORS as err:
         explain_and_exit(err, "attnlab-train")
-    return metrics.get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

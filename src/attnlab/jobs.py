@@ -1,0 +1,211 @@
+"""Sweep jobs that behave: a result file per job, failures recorded instead of fatal, finished jobs
+skipped and unfinished ones resumed when a sweep is run again, and a summary at the end.
+
+Each job writes `result.json` next to its `.hydra/` directory: status (running / ok / failed, with
+the error), the job's overrides, final and best metrics, parameter count, steps, wall time and
+training tokens per second. `SweepSummary` (a Hydra callback set in conf/train.yaml) reads them
+all when the sweep ends, prints how many failed and exits non-zero if any did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import runlog
+
+log = logging.getLogger("attnlab")
+RESULT_FILE = "result.json"
+# Metrics that must be finite for a run to count as trained (a NaN here means it diverged).
+LOSSES = ("train/loss", "train/loss_epoch", "val/loss")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def read_result(job_dir: Path) -> dict | None:
+    path = Path(job_dir) / RESULT_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_result(job_dir: Path, result: dict) -> None:
+    # Write-then-rename: a job killed mid-write never leaves a half-written result behind.
+    tmp = Path(job_dir) / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, Path(job_dir) / RESULT_FILE)
+
+
+def last_checkpoint(cfg: DictConfig) -> Path:
+    """Where the ModelCheckpoint callback keeps `last.ckpt` (save_last=true)."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+
+
+def apply_threads(cfg: DictConfig) -> None:
+    """`threads=N` caps torch's intra-op threads, so parallel jobs x threads stay within the cores."""
+    threads = cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _diverged(metrics: dict[str, float]) -> str | None:
+    for key in LOSSES:
+        if key in metrics and not math.isfinite(metrics[key]):
+            return (
+                f"{key}={metrics[key]} (training diverged): lower optim.lr / optim.lr_scale "
+                "or raise optim.warmup_steps"
+            )
+    return None
+
+
+def _summarise(job_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
+    """The numbers a report needs, from the returned metrics and the run's own CSV log."""
+    rows = runlog.read_rows(runlog.find_metrics_csv(job_dir))
+    # The log first: a job resumed from a finished checkpoint trains no further epoch, so only
+    # the log still holds its validation numbers.
+    final = runlog.last_values(rows)
+    final.update({k: v for k, v in metrics.items() if k not in ("parameters", "steps")})
+    return {
+        "metrics": {"final": final, "best": runlog.best_values(rows)},
+        "parameters": int(metrics.get("parameters", 0)),
+        "steps": int(metrics.get("steps", 0)),
+        "tokens_per_sec": runlog.mean_of(rows, "train/tokens_per_sec"),
+    }
+
+
+def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]]) -> float | None:
+    """Run one job and record it in `result.json`; returns the metric an Optuna sweep optimises.
+
+    In a multirun a job that already finished with the same overrides is skipped, one that was
+    interrupted resumes from its `last.ckpt`, and a failure is recorded and returned as None so
+    the sweep goes on. In a single run the error propagates (train.py explains user errors).
+    """
+    job_dir = Path(cfg.paths.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    multirun = in_multirun()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    previous = read_result(job_dir)
+    same_job = previous is not None and previous.get("overrides") == overrides
+    if multirun and previous is not None and not same_job:
+        log.warning("%s held another job (%s); starting this one afresh", job_dir, previous.get("overrides"))
+    if multirun and same_job and previous.get("status") == "ok":
+        log.info("job %s already finished (%s); skipping it", job_dir.name, job_dir / RESULT_FILE)
+        return previous.get("objective")
+    resumed_from = None
+    ckpt = last_checkpoint(cfg)
+    if multirun and same_job and ckpt.is_file() and not cfg.ckpt_path:
+        resumed_from = str(ckpt)
+        cfg.ckpt_path = resumed_from
+        log.info("job %s resumes from %s", job_dir.name, ckpt)
+
+    result: dict[str, Any] = {
+        "status": "running",
+        "error": None,
+        "overrides": overrides,
+        "job_num": HydraConfig.get().job.get("num") if HydraConfig.initialized() else None,
+        "job_dir": str(job_dir),
+        "optimized_metric": cfg.optimized_metric,
+        "resumed_from": resumed_from,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    _write_result(job_dir, result)
+    apply_threads(cfg)
+    start = time.perf_counter()
+    try:
+        metrics = train_fn(cfg)
+    except (Exception, SystemExit) as err:  # SystemExit too: one job's sys.exit must not end the sweep
+        message = f"{type(err).__name__}: {err}"
+        result.update(
+            status="failed",
+            error=message,
+            traceback=traceback.format_exc(limit=-8),
+            wall_time_s=round(time.perf_counter() - start, 2),
+        )
+        _write_result(job_dir, result)
+        if not multirun:
+            raise
+        log.error("job %s failed: %s", job_dir.name, message)
+        return None
+    result.update(_summarise(job_dir, metrics))
+    final = result["metrics"]["final"]
+    diverged = _diverged(final)
+    objective = final.get(cfg.optimized_metric)
+    result.update(
+        status="failed" if diverged else "ok",
+        error=diverged,
+        objective=objective,
+        wall_time_s=round(time.perf_counter() - start, 2),
+        finished=datetime.now().isoformat(timespec="seconds"),
+    )
+    _write_result(job_dir, result)
+    if diverged:
+        log.error("job %s failed: %s", job_dir.name, diverged)
+        return None
+    return objective
+
+
+def sweep_results(sweep_dir: Path) -> list[tuple[Path, dict | None]]:
+    """(job directory, its result or None) for every job Hydra started in a sweep directory."""
+    dirs = [p.parent for p in Path(sweep_dir).glob("*/.hydra")]
+    dirs.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    return [(d, read_result(d)) for d in dirs]
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: count ok / failed / unfinished jobs, write `summary.json`, point
+    `<task>/multiruns/latest` at the sweep, and exit with status 1 if any job did not finish ok."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sweep_results(sweep_dir)
+        counts = {"ok": 0, "failed": 0, "unfinished": 0}
+        lines = []
+        for job_dir, result in jobs:
+            status = (result or {}).get("status", "unfinished")
+            status = status if status in counts else "unfinished"
+            counts[status] += 1
+            detail = (result or {}).get("error") or ""
+            lines.append(f"  {job_dir.name:>4} {status:<10} {' '.join((result or {}).get('overrides', []))} {detail}")
+        summary = {"sweep_dir": str(sweep_dir), "jobs": len(jobs), **counts}
+        (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self._link_latest(sweep_dir)
+        print(f"\nsweep {sweep_dir}: {len(jobs)} jobs, {counts['ok']} ok, {counts['failed']} failed, "
+              f"{counts['unfinished']} unfinished", file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
+        print(f"report: attnlab-report {sweep_dir}", file=sys.stderr)
+        if counts["failed"] or counts["unfinished"]:
+            print("re-run the same command with hydra.sweep.dir=" f"{sweep_dir} to retry only the jobs that "
+                  "did not finish", file=sys.stderr)
+            sys.exit(1)
+
+    @staticmethod
+    def _link_latest(sweep_dir: Path) -> None:
+        if sweep_dir.parent.name != "multiruns":  # only in the default layout, never beside a user's own dir
+            return
+        latest = sweep_dir.parent / "latest"
+        tmp = sweep_dir.parent / f".latest.{os.getpid()}"
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(sweep_dir.name)
+            os.replace(tmp, latest)  # atomic: two sweeps ending together leave one valid link
+        except OSError as err:  # a file system without symlinks only loses the shortcut
+            log.warning("could not link %s: %s", latest, err)
