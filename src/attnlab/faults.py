@@ -9,6 +9,9 @@ Two callbacks (both in `conf/callbacks/default.yaml`):
   Lightning already turns SIGTERM into a stop at the end of the current batch (`SIGTERMException`)
   and Ctrl-C into a `KeyboardInterrupt`; both reach `on_exception`, where this callback saves.
 
+`fit` wraps `trainer.fit` so that an interrupted fit ends the whole command with `Interrupted`
+(exit 143 for SIGTERM, 130 for Ctrl-C, as a shell reports signals), even inside a multirun job.
+
 `InjectNonFinite` makes a chosen step's loss NaN or inf, to test the guard (fault injection).
 """
 
@@ -124,6 +127,33 @@ class CheckpointOnSignal(Checkpoint):
         trainer.save_checkpoint(path)
         self.saved = path
         log.warning("%s at step %d: saved %s", signal, trainer.global_step, path)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM ended `fit`. A BaseException (like KeyboardInterrupt), not a SystemExit:
+    code that records a failed sweep job and goes on to the next must let this one through."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
+    """`trainer.fit`, with Lightning's two ways out of an interrupted fit turned into `Interrupted`:
+    SIGTERMException after SIGTERM, and `sys.exit(1)` raised while handling a KeyboardInterrupt."""
+    try:
+        trainer.fit(module, **kwargs)
+    except SystemExit as stop:
+        sigterm = isinstance(stop, SIGTERMException)
+        if not (sigterm or isinstance(stop.__context__, KeyboardInterrupt)):
+            raise
+        name, code = ("SIGTERM", 143) if sigterm else ("Ctrl-C (SIGINT)", 130)
+        saved = [cb.saved for cb in trainer.callbacks if isinstance(cb, CheckpointOnSignal) and cb.saved]
+        kept = f"saved {saved[0]}; " if saved else ""
+        raise Interrupted(
+            f"stopped by {name} at step {trainer.global_step}: {kept}run the same command with resume=true to continue",
+            code,
+        ) from None
 
 
 class InjectNonFinite(Callback):
