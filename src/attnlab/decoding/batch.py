@@ -1,0 +1,70 @@
+"""Translating lists of sentences: length-sorted batches, each decoded with `decode`."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from ..model import Transformer
+from .search import decode
+
+log = logging.getLogger("attnlab")
+
+
+def fit_sources(ids: list[list[int]], model: Transformer, what: str = "input") -> list[list[int]]:
+    """Source ids (EOS appended) cut to model.max_len positions, with one warning naming the lines.
+
+    attnlab truncates rather than refuses: the model cannot read past max_len positions,
+    and dropping a sentence would misalign the output lines with the input lines.
+    """
+    cfg = model.config
+    out, cut = [], []
+    for line, sentence in enumerate(ids, start=1):
+        if len(sentence) + 1 > cfg.max_len:
+            cut.append(line)
+            sentence = sentence[: cfg.max_len - 1]
+        out.append(sentence + [cfg.eos_id])
+    if cut:
+        shown = ", ".join(map(str, cut[:5])) + (" ..." if len(cut) > 5 else "")
+        log.warning(
+            "%s: %d sentence(s) longer than model.max_len=%d tokens were truncated (line %s)",
+            what,
+            len(cut),
+            cfg.max_len,
+            shown,
+        )
+    return out
+
+
+@torch.no_grad()
+def translate_ids(
+    model: Transformer, sources: list[list[int]], decode_cfg: dict, batch_size: int = 64
+) -> list[list[tuple[list[int], float]]]:
+    """Source ids (each ending in EOS) -> per sentence, its n-best (content ids, log-prob), best first.
+
+    Sentences are decoded longest first in batches of similar length (little padding);
+    the results come back in input order.
+    """
+    cfg, device = model.config, next(model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+    results: list = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        src = pad_sequence([torch.tensor(sources[i]) for i in chunk], batch_first=True, padding_value=cfg.pad_id)
+        tokens, scores = decode(model, src.to(device), **decode_cfg)  # (b, n, T), (b, n)
+        for row, i in enumerate(chunk):
+            results[i] = [(content(t, cfg), float(s)) for t, s in zip(tokens[row].tolist(), scores[row].tolist())]
+    return results
+
+
+def content(ids: list[int], cfg) -> list[int]:
+    """Output ids up to EOS, without padding."""
+    out = []
+    for i in ids:
+        if i == cfg.eos_id:
+            break
+        if i != cfg.pad_id:
+            out.append(i)
+    return out
