@@ -12,12 +12,12 @@ import time
 import lightning as L
 import torch
 
+from . import metrics
+from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, tokenizer_from_state
-from .decoding import beam_search, greedy_search
+from .decoding import decode
 from .model import Transformer, TransformerConfig
 from .schedule import learning_rate
-
-CHECKPOINT_FORMAT = 1
 
 
 def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float, pad_id: int):
@@ -54,6 +54,8 @@ class TranslationModule(L.LightningModule):
         self.tokenizers = {k: tokenizer_from_state(v) for k, v in (tokenizers or {}).items()}
         self._step_start = None
         self.val_outputs: list[tuple[list[int], list[int]]] = []
+        # Corpus BLEU / chrF of the decoded sentences (torchmetrics: summed over DDP processes).
+        self.bleu, self.chrf = metrics.bleu(), metrics.chrf()
 
     @property
     def src_tokenizer(self) -> Tokenizer | None:
@@ -121,10 +123,20 @@ class TranslationModule(L.LightningModule):
         return out
 
     def _log_decoded(self, stage: str) -> None:
+        """Exact match on ids; BLEU and chrF on text detokenised by the target tokenizer."""
         if not self.val_outputs:
             return
         exact = sum(h == r for h, r in self.val_outputs) / len(self.val_outputs)
         self.log(f"{stage}/exact_match", exact, sync_dist=True)
+        if self.tgt_tokenizer is not None:
+            hyps = [self.tgt_tokenizer.decode(h) for h, _ in self.val_outputs]
+            refs = [self.tgt_tokenizer.decode(r) for _, r in self.val_outputs]
+            self.bleu.update(hyps, refs)
+            self.chrf.update(hyps, refs)
+            self.log(f"{stage}/bleu", float(self.bleu.compute()))
+            self.log(f"{stage}/chrf", float(self.chrf.compute()))
+            self.bleu.reset()
+            self.chrf.reset()
         self.val_outputs.clear()
 
     def on_validation_epoch_start(self):
@@ -148,18 +160,10 @@ class TranslationModule(L.LightningModule):
     # -- decoding -------------------------------------------------------------------------
     @torch.no_grad()
     def translate_ids(self, src: torch.Tensor, strategy: str | None = None) -> list[list[int]]:
-        """Best hypothesis per sentence as content ids (no BOS/EOS/padding)."""
-        d = self.decode_cfg
-        limits = dict(max_len_a=d.get("max_len_a", 1.0), max_len_b=d.get("max_len_b", 50))
-        if (strategy or d.get("strategy", "greedy")) == "beam":
-            tokens, _ = beam_search(
-                self.model, src, beam_size=d["beam_size"], n_best=1,
-                length_penalty_alpha=d.get("length_penalty", 0.0), **limits,
-            )
-            tokens = tokens[:, 0]
-        else:
-            tokens = greedy_search(self.model, src, **limits)
-        return [self._content(row) for row in tokens.tolist()]
+        """Best hypothesis per sentence as content ids (no BOS/EOS/padding), decoded with `decode.*`."""
+        settings = {**self.decode_cfg, "n_best": 1, **({"strategy": strategy} if strategy else {})}
+        tokens, _ = decode(self.model, src, **settings)
+        return [self._content(row) for row in tokens[:, 0].tolist()]
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
