@@ -52,6 +52,11 @@ class DataSchema:
     tgt_lang: str = "tgt"
     splits: dict = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
     vocab_size: int = 8000
+    # Real text: "words" (whitespace) or "sentencepiece" (subwords, cached under cache_dir).
+    tokenizer: str = "words"
+    spm_model_type: str = "bpe"
+    joint_vocab: bool = False
+    cache_dir: str | None = None
     max_sentence_len: int = 128
     max_tokens: int = 4096
     num_workers: int = 0
@@ -95,6 +100,8 @@ class TrainSchema:
     val_decode_every: int = 1
     test: bool = True
     ckpt_path: str | None = None
+    # Continue the newest run with the same overrides from its checkpoints/last.ckpt (attnlab.resume).
+    resume: bool = False
     show_examples: int = 5
     optimized_metric: str = "val/loss"
     # torch intra-op threads per job (null: torch's default); parallel sweeps keep jobs x threads <= cores.
@@ -131,7 +138,14 @@ def validate(cfg: DictConfig) -> None:
     model_config(cfg)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("decode.strategy", cfg.decode.strategy, ("greedy", "beam"))
-    _choice("data.source", cfg.data.source, ("synthetic", "parallel"))
+    _choice("data.source", cfg.data.source, ("synthetic", "parallel", "multi30k"))
+    _choice("data.tokenizer", cfg.data.tokenizer, ("words", "sentencepiece"))
+    _choice("data.spm_model_type", cfg.data.spm_model_type, ("bpe", "unigram"))
+    if cfg.data.source != "synthetic" and not cfg.data.joint_vocab and cfg.model.tie_embeddings == "all":
+        raise ConfigError(
+            "model.tie_embeddings=all shares one embedding between source and target, which needs "
+            "data.joint_vocab=true (or use model.tie_embeddings=decoder)"
+        )
     if cfg.decode.beam_size < 1:
         raise ConfigError(f"decode.beam_size must be >= 1, got {cfg.decode.beam_size}")
     if not 1 <= cfg.decode.n_best <= cfg.decode.beam_size:

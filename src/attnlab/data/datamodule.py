@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from . import synthetic
+from . import multi30k, synthetic
 from .batching import TokenBucketSampler, collate, make_examples
+from .cleaning import clean_lines
+from .resumable import ResumableDataLoader
+from .subword import cached_sentencepiece
 from .text import CorpusError, read_parallel
 from .tokenizers import Tokenizer, WordTokenizer
+
+log = logging.getLogger("attnlab")
 
 SPLITS = ("train", "val", "test")
 
@@ -18,7 +24,10 @@ SPLITS = ("train", "val", "test")
 class TranslationDataModule(L.LightningDataModule):
     """Holds raw sentences per split, the source and target tokenizers, and the batches.
 
-    `source` is "synthetic" (data.task copy/reverse/sort) or "parallel" ({root}/{split}.{lang}).
+    `source` is "synthetic" (data.task copy/reverse/sort), "parallel" ({root}/{split}.{lang})
+    or "multi30k" (data.root, or downloaded once into `cache_dir`). Real text is cleaned
+    (cleaning.py) and tokenized by `tokenizer`: "words" or "sentencepiece" (trained on the
+    training split only, `joint_vocab` one model for both sides, cached in `cache_dir`).
     Sentences longer than `max_sentence_len` tokens are dropped from training only.
     """
 
@@ -37,6 +46,10 @@ class TranslationDataModule(L.LightningDataModule):
         tgt_lang: str = "tgt",
         splits: dict | None = None,
         vocab_size: int = 8000,
+        tokenizer: str = "words",
+        spm_model_type: str = "bpe",
+        joint_vocab: bool = False,
+        cache_dir: str | None = None,
         max_sentence_len: int = 128,
         max_tokens: int = 4096,
         num_workers: int = 0,
@@ -49,6 +62,8 @@ class TranslationDataModule(L.LightningDataModule):
         self.root, self.src_lang, self.tgt_lang = root, src_lang, tgt_lang
         self.split_files = dict(splits or {s: s for s in SPLITS})
         self.vocab_size, self.max_sentence_len = vocab_size, max_sentence_len
+        self.tokenizer, self.spm_model_type, self.joint_vocab = tokenizer, spm_model_type, joint_vocab
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_tokens, self.num_workers, self.seed = max_tokens, num_workers, seed
         self.text: dict[str, tuple[list[str], list[str]]] = {}
         self.src_tokenizer: Tokenizer | None = None
@@ -64,13 +79,39 @@ class TranslationDataModule(L.LightningDataModule):
         if self.source == "parallel":
             if not self.root:
                 raise CorpusError("data=parallel needs data.root=/path/to/folder with {split}.{lang} files")
-            return read_parallel(Path(self.root), self.split_files[split], self.src_lang, self.tgt_lang)
-        raise ValueError(f"unknown data source {self.source!r}")
+            src, tgt = read_parallel(Path(self.root), self.split_files[split], self.src_lang, self.tgt_lang)
+        elif self.source == "multi30k":
+            src, tgt = read_parallel(self.multi30k_root(), self.split_files[split], self.src_lang, self.tgt_lang)
+        else:
+            raise ValueError(f"unknown data source {self.source!r}")
+        name = f"{self.split_files[split]}.{self.src_lang}-{self.tgt_lang}"
+        return clean_lines(src, f"{name} ({self.src_lang})")[0], clean_lines(tgt, f"{name} ({self.tgt_lang})")[0]
+
+    def multi30k_root(self) -> Path:
+        """data.root when given (a local copy), else the checksummed download cache."""
+        multi30k.check_selection(self.split_files, self.src_lang, self.tgt_lang)
+        if self.root:
+            return Path(self.root)
+        if self.cache_dir is None:
+            raise CorpusError("data=multi30k needs data.root=/path/to/multi30k or data.cache_dir for the download")
+        splits = sorted(set(self.split_files.values()))
+        return multi30k.ensure_local(self.cache_dir, splits, [self.src_lang, self.tgt_lang])
 
     def build_tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
         src, tgt = self.text["train"]
         if self.source == "synthetic":
             shared = WordTokenizer(synthetic.symbols(self.n_symbols))
+            return shared, shared
+        if self.tokenizer == "sentencepiece":
+            if self.joint_vocab:
+                shared = cached_sentencepiece(src + tgt, self.vocab_size, self.spm_model_type, self.cache_dir)
+                return shared, shared
+            return (
+                cached_sentencepiece(src, self.vocab_size, self.spm_model_type, self.cache_dir, self.src_lang),
+                cached_sentencepiece(tgt, self.vocab_size, self.spm_model_type, self.cache_dir, self.tgt_lang),
+            )
+        if self.joint_vocab:
+            shared = WordTokenizer.build(src + tgt, self.vocab_size)
             return shared, shared
         return WordTokenizer.build(src, self.vocab_size), WordTokenizer.build(tgt, self.vocab_size)
 
@@ -88,15 +129,18 @@ class TranslationDataModule(L.LightningDataModule):
             if split == "train":
                 examples = [e for e in examples if max(len(e.src), len(e.tgt) + 1) <= self.max_sentence_len]
                 self.n_filtered = len(src_ids) - len(examples)
+                log.info(
+                    "training data: %d of %d sentence pairs longer than data.max_sentence_len=%d tokens left out",
+                    self.n_filtered, len(src_ids), self.max_sentence_len,
+                )
             self.examples[split] = examples
 
     def loader(self, split: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
         examples = self.examples[split]
         lengths = [max(len(e.src), len(e.tgt) + 1) for e in examples]
         sampler = TokenBucketSampler(lengths, self.max_tokens, shuffle=shuffle, seed=self.seed)
-        return torch.utils.data.DataLoader(
-            examples, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers
-        )
+        # Resumable: a run killed mid-epoch continues with the batches it had not seen (resumable.py).
+        return ResumableDataLoader(examples, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self.loader("train", shuffle=True)
