@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -11,11 +12,15 @@ import lightning as L
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from . import faults, metadata, preflight
 from .cli import USER_ERRORS, explain_and_exit
 from .config import ConfigError, model_config, validate
-from .jobs import run_job
 from .data.datamodule import TranslationDataModule
+from .jobs import run_job
 from .lit_module import TranslationModule
+from .loggers import configure_loggers, finish_wandb, log_final, log_run_config
+from .resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
+from .suggest import with_suggestions
 from .summary import print_examples, print_summary
 
 log = logging.getLogger("attnlab")
@@ -56,22 +61,44 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
             logger=_instantiate_all(cfg.logger) or False,
             callbacks=_instantiate_all(cfg.callbacks),
             default_root_dir=cfg.paths.output_dir,
+            plugins=[AtomicCheckpointIO()],  # a kill while saving never leaves a corrupt last.ckpt
         )
     except TypeError as err:  # an unknown trainer.* key
         raise ConfigError(f"trainer: {err}") from None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) one model from a composed config; returns the final metrics."""
+    """Fit (and test) one model from a composed config; returns the final metrics.
+
+    `metadata.json` records the run (and its outcome, even on failure); the W&B run is always
+    finished, so the next job of a multirun never logs into this one.
+    """
     validate(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    ckpt = prepare_resume(cfg)  # may switch paths.output_dir to the run being resumed
+    configure_loggers(cfg, "train", resume_step=checkpoint_step(ckpt) if resumes_in_place(cfg) else None)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
+    metadata.write_start(out_dir, cfg, resumed_from=str(ckpt) if ckpt else None)
+    try:
+        metrics = _fit_and_test(cfg, out_dir)
+    except BaseException as err:
+        metadata.write_end(out_dir, "failed", error=f"{type(err).__name__}: {err}")
+        finish_wandb(failed=True)
+        raise
+    metadata.write_end(out_dir, "finished", metrics)
+    finish_wandb()
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
+    preflight.check_before_fit(out_dir, dm, module)  # data lengths, disk room for checkpoints
     trainer = build_trainer(cfg)
     log.info("model: %s parameters", f"{module.model.num_parameters():,}")
+    log_run_config(trainer.loggers, cfg, {"parameters": module.model.num_parameters()})
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    faults.fit(trainer, module, datamodule=dm, ckpt_path=ckpt_path)  # Ctrl-C/SIGTERM: save, then Interrupted
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.test and not trainer.fast_dev_run:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -80,19 +107,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["parameters"] = module.model.num_parameters()
     metrics["steps"] = trainer.global_step
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log_final(trainer.loggers, cfg, metrics)
     print_examples(module, dm, "val", cfg.show_examples)
     print_summary(metrics, out_dir)
     return metrics
 
 
+@with_suggestions("attnlab-train", "train")  # "did you mean" under Hydra's config errors
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the metric an Optuna sweep optimises. `run_job` writes result.json; in a multirun it
     records a failed job instead of raising, so one bad job never stops the sweep."""
     try:
+        prepare_resume(cfg)  # before run_job, so its result.json lands in the run being resumed
         return run_job(cfg, train)
     except USER_ERRORS as err:
         explain_and_exit(err, "attnlab-train")
+    except faults.Interrupted as stop:
+        print(f"attnlab-train: {stop}", file=sys.stderr)
+        sys.exit(stop.code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""Resuming a killed run: which checkpoint, which run directory, and what must be restored.
+
+`attnlab-train ... resume=true` continues the newest run with the same overrides from its
+`checkpoints/last.ckpt` (or the current run directory's, e.g. with `hydra.run.dir=<run>`);
+`ckpt_path=<file>` names a checkpoint directly. Resuming in place continues the step count,
+optimizer and LR schedule (Lightning), the data order and position (data/resumable.py), the
+random state (RandomStateCheckpoint) and the CSV / TensorBoard / W&B runs (loggers.py).
+Checkpoints are written atomically (AtomicCheckpointIO), so a kill while saving leaves the
+previous `last.ckpt` intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger("attnlab")
+LAST = "last.ckpt"
+# Overrides that say how to start, not what to train: a resumed run matches the original without them.
+_START_KEYS = ("resume", "ckpt_path")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file in the same directory, fsync, then os.replace: readers (and a
+    resumed run) only ever see a complete checkpoint, the old one or the new one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Saves the global RNG states in checkpoints and restores them just before the first training
+    batch after a resume, so dropout draws the masks an uninterrupted run would have drawn."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
+    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0))
+
+
+def _start_free(overrides) -> list[str]:
+    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _START_KEYS)
+
+
+def _previous_run(here: Path) -> Path | None:
+    """The newest sibling run directory with the same overrides (ignoring resume/ckpt_path) that has
+    a last checkpoint. Only for single runs: a sweep re-run resumes its jobs in place (jobs.py)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return None
+    want = _start_free(HydraConfig.get().overrides.task)
+    found = []
+    for ckpt in here.parent.glob(f"*/checkpoints/{LAST}"):
+        run = ckpt.parent.parent
+        overrides = run / ".hydra" / "overrides.yaml"
+        if run != here and overrides.is_file() and _start_free(yaml.safe_load(overrides.read_text()) or []) == want:
+            found.append((ckpt.stat().st_mtime, run))
+    return max(found)[1] if found else None
+
+
+def prepare_resume(cfg: DictConfig) -> Path | None:
+    """Decide what this run continues from and point the config at it; returns the checkpoint.
+
+    - `ckpt_path=<file>`: continue from that checkpoint (in place when it is this run's own).
+    - `resume=true`: this run directory's last.ckpt, else the newest earlier run with the same
+      overrides, whose directory this run then continues in (`paths.output_dir` is switched).
+      With nothing to resume, the run starts afresh (logged), so a resume flag is always safe.
+    Idempotent: afterwards `ckpt_path` holds the checkpoint.
+    """
+    here = Path(cfg.paths.output_dir).resolve()
+    if cfg.ckpt_path:
+        ckpt = Path(to_absolute_path(cfg.ckpt_path)).resolve()
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({ckpt})")
+    elif cfg.get("resume"):
+        run = here if (here / "checkpoints" / LAST).is_file() else _previous_run(here)
+        if run is None:
+            log.warning("resume=true: no %s in %s or an earlier run with these overrides; starting afresh",
+                        LAST, here.parent)
+            return None
+        ckpt = run / "checkpoints" / LAST
+        log.info("resume=true: continuing %s from %s", run, ckpt)
+    else:
+        return None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(ckpt)
+        if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != here and cfg.get("resume"):
+            cfg.paths.output_dir = str(ckpt.parent.parent)
+    for stale in ckpt.parent.glob(".*.tmp"):  # a save interrupted by a kill
+        stale.unlink(missing_ok=True)
+    return ckpt
+
+
+def resumes_in_place(cfg: DictConfig) -> bool:
+    """True when the run continues its own run directory (so its loggers continue too)."""
+    if not cfg.ckpt_path:
+        return False
+    ckpt = Path(cfg.ckpt_path).resolve()
+    return ckpt.parent.name == "checkpoints" and ckpt.parent.parent == Path(cfg.paths.output_dir).resolve()
