@@ -62,10 +62,12 @@ def check_writable(out_dir: Path, min_free_bytes: int, key: str = "paths.log_dir
 def check_group_choices(cfg: DictConfig) -> None:
     """Every chosen config group option exists (a missing `optional` one would be silently skipped)."""
     loader = GlobalHydra.instance().config_loader()
+    # hydra.searchpath on the command line adds config folders; list options as the composer saw them.
+    searchpath = [o for o in cfg.hydra.overrides.hydra if o.startswith("hydra.searchpath=")]
     for group, choice in cfg.hydra.runtime.choices.items():
         if choice is None or group.startswith("hydra/"):
             continue
-        options = loader.get_group_options(group)
+        options = loader.get_group_options(group, config_name=cfg.hydra.job.config_name, overrides=searchpath)
         if options and choice not in options:
             best = did_you_mean(str(choice), options)
             hint = f"did you mean {group}={best}? " if best else ""
