@@ -1,0 +1,205 @@
+"""What `attnlab-report` reads: the jobs under sweep or run directories, their overrides, status
+and numbers, folded into one row per configuration (seed replicates become mean and std).
+
+Numbers come from each run's own CSV log (attnlab.runlog), with the job's `result.json` only for
+what the log does not hold (parameters, steps, wall time) or for a run whose log is gone, so the
+report always equals the logs it was made from.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from . import runlog
+from .jobs import RESULT_FILE, read_result
+
+# Keys that say where a run went, not what it was; never an ablation axis.
+NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")
+SEED = "seed"
+
+
+@dataclass
+class Job:
+    run_dir: Path
+    label: str  # short name: <sweep>/<job num> or the run directory's name
+    overrides: dict[str, str]
+    config: dict[str, str]  # flattened `.hydra/config.yaml` (interpolations left as written)
+    status: str  # ok / failed / unfinished
+    error: str | None
+    values: dict[str, float]
+    rows: list[dict[str, float]] = field(repr=False, default_factory=list)  # metrics.csv, for curves
+
+
+@dataclass
+class Row:
+    """One line of the report: a job, or the seed replicates of one configuration."""
+
+    jobs: list[Job]
+    axes: dict[str, str]
+    stats: dict[str, tuple[float, float | None]]  # column -> (mean, std; None for a single run)
+
+    @property
+    def label(self) -> str:
+        return self.jobs[0].label if len(self.jobs) == 1 else f"{self.jobs[0].label} (+{len(self.jobs) - 1})"
+
+    @property
+    def seeds(self) -> str:
+        return ",".join(j.overrides.get(SEED, j.config.get(SEED, "?")) for j in self.jobs)
+
+    @property
+    def status(self) -> str:
+        states = [j.status for j in self.jobs]
+        if len(set(states)) == 1:
+            return states[0]
+        return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{j.label}: {j.error}" for j in self.jobs if j.error]
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Every run directory (one holding `.hydra/` or `result.json`) given or found under the paths."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given).resolve()  # follows `multiruns/latest`
+        if not path.is_dir():
+            raise FileNotFoundError(f"{given}: no such directory (give a sweep or run directory)")
+        if (path / ".hydra").is_dir() or (path / RESULT_FILE).is_file():
+            found.append(path)
+            continue
+        runs = sorted({p.parent for p in path.glob("**/.hydra")}, key=_run_order)
+        if not runs:
+            raise FileNotFoundError(f"{given}: no runs found (no */.hydra/ directories under it)")
+        found.extend(runs)
+    return list(dict.fromkeys(found))
+
+
+def _run_order(path: Path) -> tuple:
+    return (str(path.parent), int(path.name) if path.name.isdigit() else -1, path.name)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: str(node)}
+
+
+def load_job(run_dir: Path) -> Job:
+    result = read_result(run_dir) or {}
+    hydra_dir = run_dir / ".hydra"
+    overrides = result.get("overrides")
+    if overrides is None and (hydra_dir / "overrides.yaml").is_file():
+        overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
+    config = {}
+    if (hydra_dir / "config.yaml").is_file():
+        config = _flatten(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False))
+    rows = runlog.read_rows(runlog.find_metrics_csv(run_dir))
+    status = result.get("status", "unfinished")
+    return Job(
+        run_dir=run_dir,
+        label=f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
+        overrides=parse_overrides(overrides or []),
+        config=config,
+        status=status if status in ("ok", "failed") else "unfinished",
+        error=result.get("error"),
+        values=_values(result, rows),
+        rows=rows,
+    )
+
+
+def _values(result: dict, rows: list[dict[str, float]]) -> dict[str, float]:
+    values = dict((result.get("metrics") or {}).get("final", {}))
+    values.update(runlog.last_values(rows))  # the run's own log wins
+    if "train/loss_epoch" in values:  # the epoch mean; `train/loss` in result.json is the last step's
+        values["train/loss"] = values["train/loss_epoch"]
+    if "train/nll" in values:  # perplexity as val/ppl is computed: exp of the unsmoothed NLL
+        values["train/ppl"] = math.exp(min(values["train/nll"], 50.0))
+    steps = result.get("steps") or max((int(r["step"]) for r in rows if "step" in r), default=None)
+    run = {"parameters": result.get("parameters"), "steps": steps, "time_s": result.get("wall_time_s")}
+    for key, value in run.items():
+        if value:
+            values[key] = float(value)
+    return values
+
+
+def axes_of(jobs: list[Job]) -> list[str]:
+    """The keys whose values differ between jobs: overrides first (what the sweep set), else the
+    resolved configs (a run and its reproduction, started with different command lines)."""
+    def differing(maps: list[dict[str, str]]) -> list[str]:
+        keys = list(dict.fromkeys(k for m in maps for k in m if not k.startswith(NOT_AXES)))
+        return [k for k in keys if len({m.get(k, "") for m in maps}) > 1]
+
+    keys = differing([j.overrides for j in jobs])
+    if not keys and len(jobs) > 1:
+        keys = differing([j.config for j in jobs])
+    return keys
+
+
+def axis_value(job: Job, key: str) -> str:
+    return job.overrides.get(key, job.config.get(key, ""))
+
+
+def _sort_key(jobs: list[Job], keys: list[str]):
+    """Numbers sort as numbers; other values keep the order the sweep listed them in."""
+    orders = {}
+    for key in keys:
+        values = list(dict.fromkeys(axis_value(j, key) for j in jobs))
+        try:
+            values.sort(key=float)
+        except ValueError:
+            pass
+        orders[key] = {v: i for i, v in enumerate(values)}
+    return lambda job: tuple(orders[k][axis_value(job, k)] for k in keys)
+
+
+def fold(jobs: list[Job], keys: list[str], by_seed: bool = True) -> list[Row]:
+    """One row per configuration. Jobs that differ only by seed fold into mean and std; jobs with
+    the same seed (a run and its reproduction) stay apart, so the report can compare them."""
+    config_keys = [k for k in keys if k != SEED]
+    order = _sort_key(jobs, keys)
+    groups: dict[tuple, list[Job]] = {}
+    for job in sorted(jobs, key=order):
+        groups.setdefault(tuple(axis_value(job, k) for k in config_keys), []).append(job)
+    rows = []
+    for members in groups.values():
+        seeds = [axis_value(j, SEED) for j in members]
+        if by_seed and SEED in keys and len(set(seeds)) == len(seeds):
+            rows.append(_row(members, config_keys))
+        else:
+            rows.extend(_row([j], config_keys) for j in members)
+    return rows
+
+
+def _row(jobs: list[Job], keys: list[str]) -> Row:
+    stats = {}
+    for column in {c for j in jobs for c in j.values}:
+        values = [j.values[column] for j in jobs if column in j.values]
+        std = statistics.stdev(values) if len(values) > 1 else None
+        stats[column] = (statistics.fmean(values), std)
+    return Row(jobs=jobs, axes={k: axis_value(jobs[0], k) for k in keys}, stats=stats)
+
+
+def load(paths: list[str | Path], by_seed: bool = True) -> tuple[list[Job], list[str], list[Row]]:
+    jobs = [load_job(d) for d in find_run_dirs(paths)]
+    if len({j.run_dir.parent for j in jobs}) == 1:  # one sweep: its job numbers say enough
+        for job in jobs:
+            job.label = job.run_dir.name
+    keys = axes_of(jobs)
+    return jobs, keys, fold(jobs, keys, by_seed)
