@@ -12,13 +12,17 @@ Two callbacks (both in `conf/callbacks/default.yaml`):
 `fit` wraps `trainer.fit` so that an interrupted fit ends the whole command with `Interrupted`
 (exit 143 for SIGTERM, 130 for Ctrl-C, as a shell reports signals), even inside a multirun job.
 
-`InjectNonFinite` makes a chosen step's loss NaN or inf, to test the guard (fault injection).
+Fault injection (tests, and checking a cluster setup before a long run): `InjectNonFinite` makes a
+chosen step's loss NaN or inf, `InjectSignal` sends the process a signal (KILL, TERM, INT) at a
+chosen step, `InjectError` raises at a chosen step, e.g. in one job of a sweep.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Literal
 
@@ -140,7 +144,9 @@ class Interrupted(BaseException):
 
 def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
     """`trainer.fit`, with Lightning's two ways out of an interrupted fit turned into `Interrupted`:
-    SIGTERMException after SIGTERM, and `sys.exit(1)` raised while handling a KeyboardInterrupt."""
+    SIGTERMException after SIGTERM, and `sys.exit(1)` raised while handling a KeyboardInterrupt.
+    A checkpoint to resume from is read with weights_only=True (see resume.AtomicCheckpointIO too)."""
+    kwargs.setdefault("weights_only", True)
     try:
         trainer.fit(module, **kwargs)
     except SystemExit as stop:
@@ -176,3 +182,29 @@ class InjectNonFinite(Callback):
             return output * self.value
 
         handle = pl_module.model.register_forward_hook(poison)
+
+
+class InjectSignal(Callback):
+    """Fault injection: the process sends itself `SIG<name>` before training step `step`, exactly as
+    `kill -<name> <pid>` from a shell would (KILL: no handler runs, nothing is flushed).
+
+    `attnlab-train +callbacks.kill._target_=attnlab.faults.InjectSignal +callbacks.kill.step=12`
+    """
+
+    def __init__(self, step: int, name: Literal["KILL", "TERM", "INT"] = "KILL"):
+        self.step, self.signal = step, signal.Signals[f"SIG{name}"]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+class InjectError(Callback):
+    """Fault injection: raise a RuntimeError before training step `step` (a bug inside a job)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected error at step {self.step}")

@@ -6,7 +6,9 @@
 optimizer and LR schedule (Lightning), the data order and position (data/resumable.py), the
 random state (RandomStateCheckpoint) and the CSV / TensorBoard / W&B runs (loggers.py).
 Checkpoints are written atomically (AtomicCheckpointIO), so a kill while saving leaves the
-previous `last.ckpt` intact.
+previous `last.ckpt` intact, and read with `torch.load(weights_only=True)` only: a checkpoint to
+resume from is checked first (attnlab.checkpoint.read_checkpoint: truncated, not a checkpoint, an
+older format, code hidden in a pickle) and must describe the same `model.*` as the run's config.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .checkpoint import CheckpointError, read_checkpoint
+from .config import ConfigError
 
 log = logging.getLogger("attnlab")
 LAST = "last.ckpt"
 # Overrides that say how to start, not what to train: a resumed run matches the original without them.
 _START_KEYS = ("resume", "ckpt_path")
+_checked: set[tuple[str, int]] = set()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -50,6 +56,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        # Tensors and plain containers only, whatever the caller asks: resuming never runs code from a file.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 class RandomStateCheckpoint(L.Callback):
@@ -80,7 +90,29 @@ class RandomStateCheckpoint(L.Callback):
 
 def checkpoint_step(ckpt: Path) -> int:
     """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
-    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False).get("global_step", 0))
+    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True).get("global_step", 0))
+
+
+def check_resumable(cfg: DictConfig, ckpt: Path) -> None:
+    """A clear ConfigError, before any training, for a checkpoint this run cannot continue from:
+    unreadable (read_checkpoint's reasons) or trained with other `model.*` settings."""
+    key = (str(ckpt), ckpt.stat().st_mtime_ns)
+    if key in _checked:  # prepare_resume runs twice per run (main, then train): read the file once
+        return
+    try:
+        saved = (read_checkpoint(ckpt).get("hyper_parameters") or {}).get("model") or {}
+    except CheckpointError as err:
+        raise ConfigError(f"cannot resume: {err}") from None
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if differ:
+        theirs = ", ".join(f"model.{k}={saved[k]}" for k in differ)
+        ours = ", ".join(f"model.{k}={wanted[k]}" for k in differ)
+        raise ConfigError(
+            f"cannot resume from {ckpt}: it was trained with {theirs}, but this run has {ours}; "
+            "resume with the checkpoint's model settings, or start a new run without resume/ckpt_path"
+        )
+    _checked.add(key)
 
 
 def _start_free(overrides) -> list[str]:
@@ -132,6 +164,7 @@ def prepare_resume(cfg: DictConfig) -> Path | None:
             cfg.paths.output_dir = str(ckpt.parent.parent)
     for stale in ckpt.parent.glob(".*.tmp"):  # a save interrupted by a kill
         stale.unlink(missing_ok=True)
+    check_resumable(cfg, ckpt)
     return ckpt
 
 
