@@ -1,0 +1,281 @@
+"""Greedy and beam search (attnlab.decoding): the key/value cache changes nothing, beam search
+finds what greedy misses, n-best lists, length penalty, batching, length limits and scores.
+
+Two kinds of model: tiny random `Transformer`s over the ablation grid (the cache and batching
+tests), and `TableModel`, a decoder whose next-token distribution is a fixed table indexed by
+the previous token, so the best sequence is known by hand (the search tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from attnlab.decoding import beam_search, decode, greedy_search, length_penalty, output_limits
+from attnlab.model import Transformer, TransformerConfig
+
+PAD, BOS, EOS, A, B_, C = 0, 1, 2, 3, 4, 5
+GRID = list(itertools.product(["sinusoidal", "learned", "rope", "none"], [True, False], ["post", "pre"]))
+
+
+def random_sources(n: int, vocab: int, lengths=(3, 9), seed: int = 0) -> torch.Tensor:
+    """n sentences of random content tokens + EOS, right-padded: (n, S)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=g))
+        rows.append(torch.cat([torch.randint(3, vocab, (length,), generator=g), torch.tensor([EOS])]))
+    return pad_sequence(rows, batch_first=True, padding_value=PAD)
+
+
+def tiny_model(tiny_config, **switches) -> Transformer:
+    return Transformer(tiny_config(**switches)).eval()
+
+
+def strip(row: list[int]) -> list[int]:
+    """Output ids up to and including EOS (decoders pad after it)."""
+    return row[: row.index(EOS) + 1] if EOS in row else [t for t in row if t != PAD]
+
+
+def model_log_prob(model, src: torch.Tensor, out: list[int]) -> float:
+    """Teacher-forced sum of log p(token) of one output (EOS included) under the model."""
+    tgt_in = torch.tensor([[BOS] + out[:-1]])
+    with torch.no_grad():
+        logp = model(src[None], tgt_in).log_softmax(-1)[0]  # (T, V)
+    return float(logp.gather(1, torch.tensor(out)[:, None]).sum())
+
+
+# -- a model whose best sequence is known ------------------------------------------------------
+
+
+class TableCache:
+    """What TableModel needs between steps: the number of tokens read so far."""
+
+    def __init__(self):
+        self.length = 0
+
+    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
+        pass  # the next distribution depends on the newest token only: nothing to reorder
+
+
+class TableModel(torch.nn.Module):
+    """p(next | previous token) = table[previous]: a bigram decoder with the Transformer's decoding API.
+
+    Rows and columns are token ids; the source is ignored. Probabilities not given are spread
+    evenly over what is left, so every row is a distribution.
+    """
+
+    def __init__(self, rows: dict[int, dict[int, float]], vocab: int = 6, max_len: int = 32):
+        super().__init__()
+        self.config = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=4, d_ff=4, n_heads=1,
+                                        encoder_layers=0, decoder_layers=1, max_len=max_len)  # fmt: skip
+        table = torch.full((vocab, vocab), 0.0)
+        for prev in range(vocab):
+            given = rows.get(prev, {})
+            free = [t for t in range(3, vocab) if t not in given] + ([EOS] if EOS not in given else [])
+            rest = max(0.0, 1.0 - sum(given.values()))
+            for t in free:
+                table[prev, t] = rest / len(free) if rest > 0 else 1e-6
+            for t, p in given.items():
+                table[prev, t] = p
+        self.log_table = (table / table.sum(1, keepdim=True)).clamp_min(1e-30).log()
+        self.log_table[:, [PAD, BOS]] = -1e9  # never outputs, as in a trained model
+
+    def encode(self, src):
+        return src[:, :, None].float(), (src != PAD)[:, None, None, :]
+
+    def start_decoding(self, memory, src_mask):
+        return TableCache()
+
+    def decode_step(self, tokens, cache):
+        cache.length += 1
+        return self.log_table[tokens]  # (N, V): log-probs are valid logits
+
+    def decode(self, tgt_in, memory, src_mask):
+        return self.log_table[tgt_in]  # (N, T, V)
+
+    def seq_log_prob(self, out: list[int]) -> float:
+        return sum(float(self.log_table[p, t]) for p, t in zip([BOS] + out[:-1], out))
+
+
+ONE_SRC = torch.tensor([[A, A, EOS]])
+
+# Greedy takes A (0.6), then its best is EOS (0.4): p = 0.24. Beam search also keeps B (0.4),
+# whose EOS is nearly certain (0.9): p = 0.36, the most probable output of all (A... <= 0.6*0.4).
+GREEDY_TRAP = {BOS: {A: 0.6, B_: 0.4, EOS: 0.0}, A: {EOS: 0.4, A: 0.3, B_: 0.3}, B_: {EOS: 0.9, A: 0.05, B_: 0.05}}
+
+
+def test_greedy_is_provably_suboptimal_and_beam_finds_the_best_sequence():
+    model = TableModel(GREEDY_TRAP)
+    greedy, greedy_score = greedy_search(model, ONE_SRC, max_len_b=5, with_scores=True)
+    assert strip(greedy[0].tolist()) == [A, EOS]
+    assert float(greedy_score[0]) == pytest.approx(math.log(0.24), abs=1e-5)
+
+    tokens, scores = beam_search(model, ONE_SRC, beam_size=2, max_len_b=5)
+    assert strip(tokens[0, 0].tolist()) == [B_, EOS]
+    assert float(scores[0, 0]) == pytest.approx(math.log(0.36), abs=1e-5)
+    assert float(scores[0, 0]) > float(greedy_score[0])
+
+
+def test_length_penalty_changes_the_choice():
+    # "EOS" at once: p = 0.5. "A EOS": p = 0.49 * 0.99 = 0.485, lower by log-prob, but with the
+    # paper's alpha = 0.6: log(0.485) / ((5+2)/6)^0.6 = -0.660 > log(0.5) / 1 = -0.693.
+    model = TableModel({BOS: {EOS: 0.5, A: 0.49}, A: {EOS: 0.99}})
+    plain, plain_scores = beam_search(model, ONE_SRC, beam_size=2, n_best=2, length_penalty_alpha=0.0)
+    assert strip(plain[0, 0].tolist()) == [EOS]
+    assert strip(plain[0, 1].tolist()) == [A, EOS]
+
+    pen, pen_scores = beam_search(model, ONE_SRC, beam_size=2, n_best=2, length_penalty_alpha=0.6)
+    assert strip(pen[0, 0].tolist()) == [A, EOS]
+    assert strip(pen[0, 1].tolist()) == [EOS]
+    # Scores stay plain log-probabilities: the penalty only ranks.
+    assert float(pen_scores[0, 0]) == pytest.approx(math.log(0.49 * 0.99), abs=1e-5)
+    assert float(pen_scores[0, 1]) == pytest.approx(math.log(0.5), abs=1e-5)
+    assert length_penalty(2, 0.6) == pytest.approx((7 / 6) ** 0.6)
+    assert length_penalty(5, 0.0) == 1.0
+
+
+def test_n_best_hypotheses_are_distinct_and_sorted():
+    model = TableModel(GREEDY_TRAP)
+    tokens, scores = beam_search(model, ONE_SRC, beam_size=4, n_best=4, max_len_b=5)
+    hyps = [strip(t) for t in tokens[0].tolist()]
+    assert len({tuple(h) for h in hyps}) == 4
+    assert scores[0].tolist() == sorted(scores[0].tolist(), reverse=True)
+    for hyp, score in zip(hyps, scores[0].tolist()):
+        assert score == pytest.approx(model.seq_log_prob(hyp), abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_n_best_on_a_transformer_distinct_and_sorted_by_penalised_score(tiny_config, alpha):
+    model = tiny_model(tiny_config)
+    src = random_sources(4, 13)
+    tokens, scores = beam_search(model, src, beam_size=5, n_best=5, max_len_b=4, length_penalty_alpha=alpha)
+    assert tokens.shape[:2] == (4, 5) and scores.shape == (4, 5)
+    for b in range(4):
+        hyps = [strip(t) for t in tokens[b].tolist()]
+        assert len({tuple(h) for h in hyps}) == 5, hyps
+        ranks = [s / length_penalty(len(h), alpha) for h, s in zip(hyps, scores[b].tolist())]
+        assert ranks == sorted(ranks, reverse=True)
+
+
+def test_beam_size_one_is_greedy(tiny_config):
+    for switches in [{}, {"positional": "rope", "norm": "pre"}]:
+        model = tiny_model(tiny_config, **switches)
+        src = random_sources(6, 13)
+        greedy, greedy_scores = greedy_search(model, src, max_len_b=6, with_scores=True)
+        beam, beam_scores = beam_search(model, src, beam_size=1, max_len_b=6)
+        assert [strip(r) for r in greedy.tolist()] == [strip(r) for r in beam[:, 0].tolist()]
+        torch.testing.assert_close(beam_scores[:, 0], greedy_scores, atol=1e-5, rtol=0)
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positional,residual,norm", GRID)
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_cached_decoding_equals_uncached_reference(tiny_config, positional, residual, norm, strategy):
+    # Without residual connections a random 2+2-layer model collapses: its output no longer depends
+    # on the prefix (1e-7), and a broken cache would go unseen. One layer each keeps it visible.
+    depth = {} if residual else dict(encoder_layers=1, decoder_layers=1)
+    model = tiny_model(tiny_config, positional=positional, residual=residual, norm=norm, **depth)
+    src = random_sources(5, 13)
+    # min_len keeps random models from stopping at once, so the cache is used over many steps.
+    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6, min_len=4)
+    cached, cached_scores = decode(model, src, **settings)
+    plain, plain_scores = decode(model, src, **settings, use_cache=False)
+    assert cached.shape == plain.shape and cached.size(2) >= 5
+    torch.testing.assert_close(cached_scores, plain_scores, atol=1e-5, rtol=0)
+    for b, n in itertools.product(range(src.size(0)), range(cached.size(1))):
+        # Two outputs of equal log-prob (a tie) may come out either way: float noise of 1e-7 picks.
+        if not torch.equal(cached[b, n], plain[b, n]):
+            src_b = src[b, : int((src[b] != PAD).sum())]
+            ours, theirs = strip(cached[b, n].tolist()), strip(plain[b, n].tolist())
+            assert model_log_prob(model, src_b, ours) == pytest.approx(model_log_prob(model, src_b, theirs), abs=1e-5)
+    if residual:  # the grid's models with residual connections have no ties: all tokens equal
+        assert torch.equal(cached, plain)
+
+
+def test_cached_step_reads_one_position_at_a_time(tiny_config):
+    """Each decode_step embeds one new position; the cache grows by exactly one per step."""
+    model = tiny_model(tiny_config, positional="learned")
+    memory, mask = model.encode(random_sources(2, 13))
+    cache = model.start_decoding(memory, mask)
+    prefix = torch.full((2, 1), BOS)
+    for step in range(4):
+        logits = model.decode_step(prefix[:, -1], cache)
+        assert cache.length == step + 1 and cache.self_kv[0].k.size(2) == step + 1
+        full = model.decode(prefix, memory, mask)[:, -1]
+        torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+        prefix = torch.cat([prefix, logits.argmax(-1, keepdim=True)], 1)
+
+
+# -- batching, limits, scores ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope"])
+def test_batched_decoding_equals_one_sentence_at_a_time(tiny_config, strategy, positional):
+    model = tiny_model(tiny_config, positional=positional, norm="pre")
+    src = random_sources(7, 13, lengths=(1, 12))
+    assert (src == PAD).any(), "the batch must hold padding for this test to mean anything"
+    settings = dict(strategy=strategy, beam_size=3, n_best=2 if strategy == "beam" else 1, max_len_b=5, min_len=2)
+    tokens, scores = decode(model, src, **settings)
+    for i in range(src.size(0)):
+        alone = src[i : i + 1, : int((src[i] != PAD).sum())]  # no padding at all
+        one_tokens, one_scores = decode(model, alone, **settings)
+        for n in range(tokens.size(1)):
+            assert strip(tokens[i, n].tolist()) == strip(one_tokens[0, n].tolist()), (i, n)
+        torch.testing.assert_close(scores[i], one_scores[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+@pytest.mark.parametrize("a,b", [(1.0, 0), (1.0, 3), (0.5, 2), (2.0, 1)])
+def test_output_length_limit_is_a_times_source_length_plus_b(strategy, a, b):
+    # A model that never wants to stop: EOS has probability 1e-4 everywhere.
+    model = TableModel({t: {EOS: 1e-4} for t in range(6)}, max_len=32)
+    src = pad_sequence([torch.tensor([A] * n + [EOS]) for n in (1, 3, 6)], batch_first=True)
+    tokens, _ = decode(model, src, strategy=strategy, beam_size=2, max_len_a=a, max_len_b=b)
+    for row, src_len in zip(tokens[:, 0].tolist(), (2, 4, 7)):  # source lengths count EOS
+        out = strip(row)
+        assert len(out) == max(1, int(a * src_len) + b), (row, src_len)
+        assert out[-1] == EOS  # the limit ends a hypothesis properly, with EOS
+
+
+def test_length_limit_never_exceeds_model_max_len(tiny_config):
+    model = tiny_model(tiny_config, positional="learned")  # max_len=32 learned positions
+    src = random_sources(3, 13)
+    limits = output_limits(model, src, max_len_a=1.0, max_len_b=100)
+    assert limits.tolist() == [32, 32, 32]
+    for strategy in ("greedy", "beam"):
+        tokens, _ = decode(model, src, strategy=strategy, beam_size=2, max_len_b=100, min_len=1000)
+        lengths = [len(strip(r)) for r in tokens[:, 0].tolist()]
+        assert lengths == [32, 32, 32]
+
+
+@pytest.mark.parametrize("strategy,alpha", [("greedy", 0.0), ("beam", 0.0), ("beam", 1.0)])
+def test_scores_are_the_models_log_probabilities_of_the_returned_tokens(tiny_config, strategy, alpha):
+    model = tiny_model(tiny_config, positional="rope", norm="pre")
+    src = random_sources(4, 13)
+    tokens, scores = decode(model, src, strategy=strategy, beam_size=3, n_best=3 if strategy == "beam" else 1,
+                            length_penalty=alpha, max_len_b=5, min_len=2)  # fmt: skip
+    assert (scores <= 0).all()
+    for i in range(src.size(0)):
+        src_i = src[i, : int((src[i] != PAD).sum())]
+        for n in range(tokens.size(1)):
+            out = strip(tokens[i, n].tolist())
+            assert float(scores[i, n]) == pytest.approx(model_log_prob(model, src_i, out), abs=1e-4)
+
+
+def test_decode_shapes_and_a_bad_strategy(tiny_config):
+    model = tiny_model(tiny_config)
+    src = random_sources(3, 13)
+    tokens, scores = decode(model, src, strategy="greedy")
+    assert tokens.dim() == 3 and tokens.size(1) == 1 and scores.shape == (3, 1)
+    with pytest.raises(ValueError, match="decode.strategy='sample'"):
+        decode(model, src, strategy="sample")
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(model, src, beam_size=2, n_best=3)
