@@ -60,11 +60,20 @@ def last_checkpoint(cfg: DictConfig) -> Path:
     return Path(dirpath or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
 
 
-def apply_threads(cfg: DictConfig) -> None:
-    """`threads=N` caps torch's intra-op threads, so parallel jobs x threads stay within the cores."""
+def apply_threads(cfg: DictConfig) -> int:
+    """`threads=N` caps torch's intra-op threads, so parallel jobs x threads stay within the cores.
+    Unset under the joblib launcher, each of its n_jobs workers gets cores // n_jobs (torch would
+    otherwise start one thread per core in every worker). Returns the threads this job uses."""
     threads = cfg.get("threads")
+    if not threads and HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        if "Joblib" in str(launcher.get("_target_", "")):
+            cores = os.cpu_count() or 1
+            n_jobs = int(launcher.get("n_jobs") or -1)
+            threads = max(1, cores // (cores if n_jobs < 1 else min(n_jobs, cores)))
     if threads:
         torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
 
 
 def _diverged(metrics: dict[str, float]) -> str | None:
@@ -127,8 +136,8 @@ def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]])
         "resumed_from": resumed_from,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    result.update(threads=apply_threads(cfg), pid=os.getpid())
     _write_result(job_dir, result)
-    apply_threads(cfg)
     start = time.perf_counter()
     try:
         metrics = train_fn(cfg)
