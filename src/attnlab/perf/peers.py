@@ -57,6 +57,20 @@ class AttnlabSystem(System):
         return beam_search(self.model, src, beam_size=beam_size, max_len=length, min_len=length - 1)[0]
 
 
+class CompiledAttnlabSystem(AttnlabSystem):
+    """attnlab's model under `torch.compile`, timed for training only (decoding grows its cache
+    one position a step, a new shape each time)."""
+
+    name = "attnlab+compile"
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__(cfg)
+        self.compiled = torch.compile(self.model)
+
+    def logits(self, src, tgt_in):
+        return self.compiled(src, tgt_in)
+
+
 class TorchTransformer(nn.Module):
     """`torch.nn.Transformer` between attnlab's embeddings and output layer (tied as in cfg)."""
 
@@ -67,8 +81,14 @@ class TorchTransformer(nn.Module):
         tgt_token = src_token if cfg.tie_embeddings == "all" else _token_embedding(cfg.tgt_vocab_size, cfg)
         self.src_embed, self.tgt_embed = Embeddings(src_token, cfg), Embeddings(tgt_token, cfg)
         self.transformer = nn.Transformer(
-            cfg.d_model, cfg.n_heads, cfg.encoder_layers, cfg.decoder_layers, cfg.d_ff, cfg.dropout,
-            batch_first=True, norm_first=cfg.norm == "pre",
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.encoder_layers,
+            cfg.decoder_layers,
+            cfg.d_ff,
+            cfg.dropout,
+            batch_first=True,
+            norm_first=cfg.norm == "pre",
         )
         self.generator = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         if cfg.tie_embeddings != "none":
@@ -123,14 +143,27 @@ class MarianSystem(System):
             raise ValueError("the marian peer needs a shared vocabulary, norm=post and positional=sinusoidal")
         self.model = MarianMTModel(
             MarianConfig(
-                vocab_size=cfg.src_vocab_size, d_model=cfg.d_model, max_position_embeddings=cfg.max_len,
-                encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-                encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
-                encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function="relu",
-                dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=0.0,
-                scale_embedding=True, pad_token_id=cfg.pad_id, eos_token_id=cfg.eos_id, bos_token_id=cfg.bos_id,
-                decoder_start_token_id=cfg.bos_id, forced_eos_token_id=None,
-                share_encoder_decoder_embeddings=True, tie_word_embeddings=cfg.tie_embeddings != "none",
+                vocab_size=cfg.src_vocab_size,
+                d_model=cfg.d_model,
+                max_position_embeddings=cfg.max_len,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                encoder_attention_heads=cfg.n_heads,
+                decoder_attention_heads=cfg.n_heads,
+                encoder_ffn_dim=cfg.d_ff,
+                decoder_ffn_dim=cfg.d_ff,
+                activation_function="relu",
+                dropout=cfg.dropout,
+                attention_dropout=cfg.attention_dropout,
+                activation_dropout=0.0,
+                scale_embedding=True,
+                pad_token_id=cfg.pad_id,
+                eos_token_id=cfg.eos_id,
+                bos_token_id=cfg.bos_id,
+                decoder_start_token_id=cfg.bos_id,
+                forced_eos_token_id=None,
+                share_encoder_decoder_embeddings=True,
+                tie_word_embeddings=cfg.tie_embeddings != "none",
             )
         )
 
@@ -139,8 +172,14 @@ class MarianSystem(System):
 
     def _generate(self, src, length, beams):
         out = self.model.generate(
-            input_ids=src, attention_mask=src != self.cfg.pad_id, num_beams=beams, do_sample=False,
-            max_new_tokens=length, min_new_tokens=length, length_penalty=1.0, early_stopping=False,
+            input_ids=src,
+            attention_mask=src != self.cfg.pad_id,
+            num_beams=beams,
+            do_sample=False,
+            max_new_tokens=length,
+            min_new_tokens=length,
+            length_penalty=1.0,
+            early_stopping=False,
         )
         return out[:, 1:]  # drop the decoder start token
 

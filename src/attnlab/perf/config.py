@@ -1,0 +1,61 @@
+"""The `attnlab-bench` config schema (conf/bench.yaml): an unknown key or a wrong type fails at
+composition, naming the key; `check` rejects impossible values before anything is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from ..config import ConfigError, ModelSchema, OptimSchema
+
+SYSTEM_NAMES = ("attnlab", "torch", "marian")
+
+
+@dataclass
+class BenchSchema:
+    model: ModelSchema = field(default_factory=ModelSchema)
+    optim: OptimSchema = field(default_factory=OptimSchema)
+    paths: Any = MISSING
+    vocab_size: int = 8000
+    batch_size: int = 64
+    src_len: int = 24
+    tgt_len: int = 24
+    decode_len: int = 24
+    beam_size: int = 4
+    systems: list = field(default_factory=lambda: list(SYSTEM_NAMES))
+    warmup: int = 2
+    repeats: int = 5
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int | None = None
+    compile: bool = False
+    lightning: bool = True
+    memory: bool = True
+    seed: int = 0
+    output: str | None = None
+    task_name: str = "bench"
+
+
+ConfigStore.instance().store(name="attnlab_bench_schema", node=BenchSchema)
+
+
+def check(cfg) -> None:
+    """Values the schema's types cannot rule out."""
+    unknown = [s for s in cfg.systems if s not in SYSTEM_NAMES]
+    if unknown or "attnlab" not in cfg.systems:
+        raise ConfigError(f"systems={list(cfg.systems)} must include attnlab and name only {list(SYSTEM_NAMES)}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision!r} is not one of ['fp32', 'bf16']")
+    if cfg.device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device!r} is not one of ['cpu', 'cuda']")
+    for key in ("batch_size", "src_len", "tgt_len", "decode_len", "beam_size", "repeats"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg.warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {cfg.warmup}")
+    longest = max(cfg.src_len, cfg.tgt_len, cfg.decode_len + 1)
+    if longest > cfg.model.max_len:
+        raise ConfigError(f"model.max_len={cfg.model.max_len} is shorter than the longest sequence ({longest})")

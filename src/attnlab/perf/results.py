@@ -1,0 +1,134 @@
+"""From raw timings to the figures, ratios and targets the benchmark reports (JSON and tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+# Per-system figures: (key, column title, higher is better). None where a system lacks the decoder.
+METRICS = (
+    ("train_tokens_per_s", "train tok/s", True),
+    ("train_step_s", "step s", False),
+    ("mfu", "MFU", True),
+    ("greedy_sentences_per_s", "greedy sent/s", True),
+    ("beam_sentences_per_s", "beam sent/s", True),
+    ("train_peak_mib", "train MiB", False),
+    ("greedy_peak_mib", "greedy MiB", False),
+    ("beam_peak_mib", "beam MiB", False),
+)
+# Ratios attnlab / peer for these; memory ratios below 1 mean attnlab holds less.
+RATIO_METRICS = (
+    "train_tokens_per_s",
+    "greedy_sentences_per_s",
+    "beam_sentences_per_s",
+    "train_peak_mib",
+    "greedy_peak_mib",
+    "beam_peak_mib",
+)
+# Issue 8's targets on the 2-core CPU: (name, peer, metric or special, target, at least?).
+TARGETS = (
+    ("train tokens/s vs marian", "marian", "train_tokens_per_s", 1.25, True),
+    ("attnlab MFU (share of the GEMM ceiling)", None, "mfu", 0.75, True),
+    ("Lightning loop overhead", None, "lightning_overhead", 0.05, False),
+    ("beam-4 sentences/s vs marian", "marian", "beam_sentences_per_s", 2.0, True),
+    ("greedy sentences/s vs marian", "marian", "greedy_sentences_per_s", 1.5, True),
+    ("train peak memory vs marian", "marian", "train_peak_mib", 1.0, False),
+)
+MIB = 2**20
+
+
+def system_figures(
+    times: dict[str, dict], memory: dict[str, dict], name: str, tokens: int, sentences: int, flops: int, ceiling: float
+) -> dict:
+    """Median seconds per task -> throughputs, MFU and memory of one system."""
+
+    def median(task: str) -> float | None:
+        return times[task]["median_s"] if task in times else None
+
+    step, greedy, beam = median(f"train/{name}"), median(f"greedy/{name}"), median(f"beam/{name}")
+    mem = memory.get(name, {})
+    return {
+        "train_step_s": step,
+        "train_tokens_per_s": tokens / step,
+        "train_flops_per_s": flops / step,
+        "mfu": flops / step / ceiling,
+        "greedy_s": greedy,
+        "greedy_sentences_per_s": sentences / greedy if greedy else None,
+        "beam_s": beam,
+        "beam_sentences_per_s": sentences / beam if beam else None,
+        **{f"{what}_peak_mib": mem.get(what) for what in ("train", "greedy", "beam")},
+    }
+
+
+def ratios(systems: dict[str, dict], base: str = "attnlab") -> dict[str, dict]:
+    """{peer: {metric: base / peer}} (None where either side is missing)."""
+    out = {}
+    for peer, figures in systems.items():
+        if peer == base:
+            continue
+        out[peer] = {
+            m: systems[base][m] / figures[m] if systems[base].get(m) and figures.get(m) else None for m in RATIO_METRICS
+        }
+    return out
+
+
+def targets(systems: dict[str, dict], ratio: dict[str, dict], lightning: dict | None) -> list[dict]:
+    out = []
+    for name, peer, metric, target, at_least in TARGETS:
+        if metric == "lightning_overhead":
+            value = lightning["overhead"] if lightning else None
+        elif peer is None:
+            value = systems["attnlab"][metric]
+        else:
+            value = ratio.get(peer, {}).get(metric)
+        met = None if value is None else (value >= target if at_least else value <= target)
+        out.append({"name": name, "value": value, "target": target, "at_least": at_least, "met": met})
+    return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def print_tables(results: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    systems = results["systems"]
+    table = Table(title="attnlab-bench: medians (same process, interleaved)")
+    table.add_column("system", no_wrap=True)
+    for _, title, _ in METRICS:
+        table.add_column(title, justify="right")
+    for name, figures in systems.items():
+        table.add_row(name, *(_fmt(figures[key]) for key, _, _ in METRICS))
+    console.print(table)
+
+    ratio_table = Table(title="attnlab / peer (throughput: higher is better; memory: lower is better)")
+    ratio_table.add_column("peer", no_wrap=True)
+    titles = {key: title for key, title, _ in METRICS}
+    for metric in RATIO_METRICS:
+        ratio_table.add_column(titles[metric], justify="right")
+    for peer, row in results["ratios"].items():
+        ratio_table.add_row(peer, *(_fmt(row[m]) + ("x" if row[m] else "") for m in RATIO_METRICS))
+    console.print(ratio_table)
+
+    gemm, light = results["gemm"], results["lightning"]
+    console.print(
+        f"GEMM ceiling at the step's shapes: {gemm['ceiling_flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"({gemm['train_flops'] / 1e9:.1f} GFLOP per training step, {gemm['ceiling_s'] * 1e3:.0f} ms of pure GEMM)"
+    )
+    if light:
+        console.print(
+            f"Lightning loop: {light['lightning_step_s'] * 1e3:.0f} ms/step vs bare {light['bare_step_s'] * 1e3:.0f} "
+            f"ms/step: overhead {light['overhead']:+.1%}"
+        )
+    target_table = Table(title="issue 8 targets")
+    for column in ("target", "value", "goal", "met"):
+        target_table.add_column(column)
+    for t in results["targets"]:
+        goal = (">= " if t["at_least"] else "<= ") + _fmt(t["target"])
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[t["met"]]
+        target_table.add_row(t["name"], _fmt(t["value"]), goal, met)
+    console.print(target_table)
