@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 export WANDB_MODE ?= offline
 
-.PHONY: setup run test test-all lint
+.PHONY: setup run test test-all lint bench
 
 $(BIN)/.attnlab-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,12 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check src tests
+
+# attnlab against torch.nn.Transformer and Hugging Face Marian (the bench extra), same process;
+# prints the tables and writes bench.json (docs/performance.md). Overrides: make bench BENCH_ARGS="repeats=10"
+$(BIN)/.attnlab-bench-installed: $(BIN)/.attnlab-installed
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
+	touch $@
+
+bench: $(BIN)/.attnlab-bench-installed
+	$(BIN)/attnlab-bench $(BENCH_ARGS)
