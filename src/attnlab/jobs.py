@@ -63,14 +63,17 @@ def last_checkpoint(cfg: DictConfig) -> Path:
 def apply_threads(cfg: DictConfig) -> int:
     """`threads=N` caps torch's intra-op threads, so parallel jobs x threads stay within the cores.
     Unset under the joblib launcher, each of its n_jobs workers gets cores // n_jobs (torch would
-    otherwise start one thread per core in every worker). Returns the threads this job uses."""
+    otherwise start one thread per core in every worker); under submitit, hydra.launcher.cpus_per_task.
+    Returns the threads this job uses."""
     threads = cfg.get("threads")
     if not threads and HydraConfig.initialized():
         launcher = HydraConfig.get().launcher
+        cores = os.cpu_count() or 1
         if "Joblib" in str(launcher.get("_target_", "")):
-            cores = os.cpu_count() or 1
             n_jobs = int(launcher.get("n_jobs") or -1)
             threads = max(1, cores // (cores if n_jobs < 1 else min(n_jobs, cores)))
+        elif launcher.get("cpus_per_task"):  # submitit: the cores the scheduler gave this job
+            threads = int(launcher.cpus_per_task)
     if threads:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
