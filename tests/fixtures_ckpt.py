@@ -8,6 +8,7 @@ find its data config the way they find a user's. Import the fixture in a test mo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -58,6 +59,8 @@ def train_reverse(run_dir: Path, epochs: int = EPOCHS, keep_last: int = 0) -> Pa
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save({"data": DATA, "seed": 0}, run_dir / ".hydra" / "config.yaml")
     module.fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The last epoch's logged metrics (val/bleu, val/exact_match, ...) for tests to read.
+    (run_dir / "fit_metrics.json").write_text(json.dumps(module.fit_metrics, indent=1))
     return run_dir
 
 
