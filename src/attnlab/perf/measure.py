@@ -12,8 +12,11 @@ excludes the Python interpreter and library code. On CUDA, the allocator's peak 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,6 +73,20 @@ def tensor_bytes(*objects) -> int:
     return total
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Kineto prints start/stop lines straight to file descriptor 2 whatever KINETO_LOG_LEVEL says."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_call_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Most bytes `fn` holds in tensors at once, beyond what existed before the call."""
     if device.type == "cuda":
@@ -79,7 +96,7 @@ def peak_call_bytes(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
