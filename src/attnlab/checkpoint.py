@@ -55,10 +55,10 @@ def read_checkpoint(path: str | Path) -> dict:
                 f"{path} holds Python objects other than tensors and plain containers; attnlab loads "
                 "checkpoints with torch.load(weights_only=True) and refuses to run code from a file"
             ) from None
-        raise CheckpointError(f"{path} is not a checkpoint, or is corrupt ({err})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a checkpoint file, or it is truncated or corrupt ({err})") from None
+    except Exception as err:  # torch.load raises whatever its unpickler meets: EOFError, IndexError, ...
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path} is truncated or not a checkpoint file ({first})") from None
+        raise CheckpointError(f"{path} is not a checkpoint file, or it is truncated or corrupt ({first})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt from attnlab-train")
     fmt = ckpt.get("attnlab_format")
@@ -82,12 +82,12 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         raise CheckpointError(f"{path}: its model config is missing or not understood ({err})") from None
     model = Transformer(config)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: the weights do not fit the model its config describes "
-            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing or unexpected keys, or a tensor of another shape
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:3])
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({detail})") from None
     try:
         tokenizers = {k: tokenizer_from_state(v) for k, v in ckpt["tokenizers"].items()}
         src_tok, tgt_tok = tokenizers["src"], tokenizers["tgt"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -83,7 +84,9 @@ def save_attention(trained: TrainedModel, src_ids: list[int], hyp_ids: list[int]
 
 def translate(cfg: DictConfig) -> list[str]:
     decode_cfg = decode_settings(cfg.decode)
-    trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, Path.cwd())
+    # An averaged model is written to a temporary file, never into the user's working directory.
+    with tempfile.TemporaryDirectory(prefix="attnlab-average-") as scratch:
+        trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, scratch)
     trained.model.to(cfg.device)
     sentences, name = read_sentences(cfg.input)
     sources = fit_sources([trained.src_tokenizer.encode(s) for s in sentences], trained.model, name)

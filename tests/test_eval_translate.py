@@ -1,0 +1,326 @@
+"""`attnlab-eval` and `attnlab-translate` on a trained reverse model (tests/fixtures_ckpt.py, trained
+once per session): scores and files, stdin -> stdout, n-best output, attention PNG, checkpoint
+averaging, and the bad input both commands refuse with one message.
+
+Two tests run the installed commands in a subprocess from a foreign directory (what a shell sees);
+the others call the console scripts' `main()` in this process with a patched `sys.argv`: the same
+Hydra composition and error reporting, without a Python start-up each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from matplotlib.image import imread
+
+from attnlab import evaluate, translate
+from attnlab.attention_plot import attention_figure
+from attnlab.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    average_checkpoints,
+    last_checkpoints,
+    load_trained,
+    read_checkpoint,
+)
+from attnlab.data.datamodule import TranslationDataModule
+from fixtures_ckpt import DATA, trained_run  # noqa: F401
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+SENTENCES = ["a b c", "h g f e d", "c c a b", "b d f h a c", "e a g"]
+
+
+def reverse(sentence: str) -> str:
+    return " ".join(reversed(sentence.split()))
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run) -> Path:  # noqa: F811
+    return trained_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def run_app(monkeypatch, capsys):
+    """run_app(module, *overrides, stdin=None) -> (exit status, stdout, stderr) of the console script, in-process."""
+
+    def _run(module, *overrides: str, stdin: str | None = None) -> tuple[int, str, str]:
+        name = "attnlab-eval" if module is evaluate else "attnlab-translate"
+        monkeypatch.setattr(sys, "argv", [name, *overrides])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        GlobalHydra.instance().clear()
+        status = 0
+        try:
+            module.main()
+        except SystemExit as stop:
+            status = stop.code
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return status, out, err
+
+    return _run
+
+
+# -- the real commands -------------------------------------------------------------------------
+
+
+def test_eval_command_scores_the_test_set_and_writes_hypotheses(ckpt, tmp_path):
+    done = subprocess.run(
+        [str(BIN / "attnlab-eval"), f"ckpt={ckpt}", "split=test", f"paths.log_dir={tmp_path / 'logs'}"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for shown in ("BLEU", "chrF", "exact match", "perplexity", "sent/s", "tok:13a", "nc:6"):
+        assert shown in done.stdout, shown
+    [results_path] = (tmp_path / "logs").glob("eval/runs/*/results.json")
+    results = json.loads(results_path.read_text())
+    metrics = results["metrics"]
+    assert metrics["exact_match"] >= 0.9 and metrics["bleu"] >= 90.0, metrics
+    assert metrics["sentences"] == DATA["test_size"]
+    assert metrics["sentences_per_sec"] > 0 and metrics["tokens_per_sec"] > metrics["sentences_per_sec"]
+    assert 0 < metrics["loss"] < 0.5 and metrics["ppl"] == pytest.approx(2.718281828 ** metrics["loss"])
+    assert results["decode"]["strategy"] == "beam" and results["signatures"]["bleu"].startswith("nrefs:1")
+
+    # The hypotheses file sits next to results.json, one line per test sentence, and its
+    # exact match against the references is the one reported.
+    hyp_path = Path(results["hypotheses"])
+    assert hyp_path.parent == results_path.parent
+    hyps = hyp_path.read_text().splitlines()
+    src, ref = TranslationDataModule(**DATA, seed=0).read_split("test")
+    assert len(hyps) == len(ref) == len(src)
+    assert sum(h == r for h, r in zip(hyps, ref)) / len(ref) == pytest.approx(metrics["exact_match"])
+    assert all(r == reverse(s) for s, r in zip(src, ref))
+
+
+def test_translate_command_round_trips_stdin_to_stdout(ckpt, tmp_path):
+    done = subprocess.run(
+        [str(BIN / "attnlab-translate"), f"ckpt={ckpt}"],
+        input="".join(s + "\n" for s in SENTENCES), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(SENTENCES)
+    assert sum(out == reverse(s) for out, s in zip(lines, SENTENCES)) >= 4, lines
+    assert list(tmp_path.iterdir()) == []  # stdout is the only output: no files in the working directory
+
+
+# -- translate in-process ------------------------------------------------------------------------
+
+
+def test_translate_reads_a_file_and_writes_a_file(ckpt, tmp_path, run_app):
+    (tmp_path / "in.txt").write_text("\n".join(SENTENCES) + "\n")
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", f"input={tmp_path / 'in.txt'}",
+                             f"output={tmp_path / 'out.txt'}", "decode=greedy")  # fmt: skip
+    assert status == 0 and out == ""
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert sum(out == reverse(s) for out, s in zip(lines, SENTENCES)) >= 4 and len(lines) == len(SENTENCES)
+
+
+def parse_n_best(text: str) -> list[tuple[int, int, float, str]]:
+    rows = []
+    for line in text.splitlines():
+        number, rank, score, hyp = line.split("\t")
+        rows.append((int(number), int(rank), float(score), hyp))
+    return rows
+
+
+def test_n_best_output_format(ckpt, run_app):
+    """decode.n_best=N: N lines per input line, `line<TAB>rank<TAB>log-prob<TAB>text`, best first."""
+    stdin = "".join(s + "\n" for s in SENTENCES[:3])
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode.n_best=3", "decode.length_penalty=0", stdin=stdin)
+    assert status == 0
+    rows = parse_n_best(out)
+    assert [(n, r) for n, r, _, _ in rows] == [(n, r) for n in (1, 2, 3) for r in (1, 2, 3)]
+    _, one_best, _ = run_app(translate, f"ckpt={ckpt}", stdin=stdin)
+    for n in (1, 2, 3):
+        hyps = [(score, text) for line, _, score, text in rows if line == n]
+        assert len({text for _, text in hyps}) == 3
+        assert [s for s, _ in hyps] == sorted((s for s, _ in hyps), reverse=True)  # alpha=0: by log-prob
+        assert all(score <= 0 for score, _ in hyps)
+        assert hyps[0][1] == one_best.splitlines()[n - 1]
+
+
+def test_attention_png_has_one_panel_per_head(ckpt, tmp_path, run_app):
+    png = tmp_path / "maps" / "attention.png"
+    status, out, err = run_app(translate, f"ckpt={ckpt}", f"attention_png={png}", stdin="a b c d\n")
+    assert status == 0 and out == "d c b a\n"
+    trained = load_trained(ckpt)
+    cfg = trained.model.config
+    panels = (cfg.encoder_layers + 2 * cfg.decoder_layers) * cfg.n_heads  # encoder self, decoder self, cross
+    assert f"({panels} panels)" in err
+    height, width, _ = imread(png).shape
+    rows, cols = cfg.encoder_layers + 2 * cfg.decoder_layers, cfg.n_heads
+    assert (width, height) == (round((1.6 * cols + 1.0) * 150), round((1.6 * rows + 0.5) * 150))
+
+    src = trained.src_tokenizer.encode("a b c d") + [cfg.eos_id]
+    tgt_in = [cfg.bos_id] + trained.tgt_tokenizer.encode("d c b a")
+    maps = trained.model.attention_maps(torch.tensor([src]), torch.tensor([tgt_in]))
+    fig = attention_figure(maps, [str(i) for i in src], [str(i) for i in tgt_in])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == panels == len(set(titles))
+    assert "encoder self L1 H1" in titles and f"cross L{cfg.decoder_layers} H{cfg.n_heads}" in titles
+    cross = fig.axes[titles.index("cross L1 H1")].get_images()[0].get_array()
+    assert cross.shape == (len(tgt_in), len(src))
+    assert torch.allclose(torch.tensor(cross.sum(1)).float(), torch.ones(len(tgt_in)), atol=1e-5)
+
+
+# -- checkpoint averaging ------------------------------------------------------------------------
+
+
+def test_averaging_the_last_n_checkpoints_gives_the_mean_weights(trained_run, tmp_path):  # noqa: F811
+    paths = last_checkpoints(trained_run / "checkpoints", 3)
+    steps = [read_checkpoint(p)["global_step"] for p in paths]
+    assert steps == sorted(steps) and len(set(steps)) == 3
+    out = average_checkpoints(paths, tmp_path / "avg.ckpt")
+    states = [read_checkpoint(p)["state_dict"] for p in paths]
+    averaged = read_checkpoint(out)
+    for key, value in averaged["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3, atol=1e-6, rtol=1e-6)
+    weight = "model.encoder.layers.0.feed_forward.w_1.weight"
+    assert not torch.equal(states[0][weight], states[-1][weight])  # they did differ
+    assert averaged["averaged_from"] == [str(p) for p in paths]
+    assert "optimizer_states" not in averaged
+    assert load_trained(out).model.config == load_trained(paths[-1]).model.config
+    with pytest.raises(CheckpointError, match="fewer than the 9 to average"):
+        last_checkpoints(trained_run / "checkpoints", 9)
+
+
+def test_eval_with_average_last(ckpt, tmp_path, run_app):
+    status, out, _ = run_app(evaluate, f"ckpt={ckpt.parent}", "average_last=3", "limit=32", "decode=greedy",
+                             f"paths.log_dir={tmp_path}")  # fmt: skip
+    assert status == 0
+    [results_path] = tmp_path.glob("eval/runs/*/results.json")
+    results = json.loads(results_path.read_text())
+    assert results["checkpoint"] == str(results_path.parent / "averaged.ckpt")
+    assert results["metrics"]["sentences"] == 32 and results["metrics"]["exact_match"] >= 0.8
+
+
+def test_validation_bleu_is_logged_during_training(trained_run, compose_train):  # noqa: F811
+    logged = json.loads((trained_run / "fit_metrics.json").read_text())
+    assert logged["val/bleu"] >= 80.0 and logged["val/exact_match"] >= 0.8 and "val/chrf" in logged
+    cfg = compose_train("callbacks=bleu")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/bleu" and cfg.callbacks.model_checkpoint.mode == "max"
+    assert cfg.callbacks.early_stopping.monitor == "val/bleu"
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _truncated(ckpt: Path, path: Path) -> None:
+    data = ckpt.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _text(ckpt: Path, path: Path) -> None:
+    path.write_text("this is not a checkpoint\n")
+
+
+def _edited(**changes):
+    def _write(ckpt: Path, path: Path) -> None:
+        data = torch.load(ckpt, weights_only=True)
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key)
+            else:
+                data[key] = value(data) if callable(value) else value
+        torch.save(data, path)
+
+    return _write
+
+
+def _pickled_object(ckpt: Path, path: Path) -> None:
+    torch.save({"state_dict": {}, "attnlab_format": CHECKPOINT_FORMAT, "code": Path("x")}, path)
+
+
+def _wrong_shape(data: dict) -> dict:
+    return {**data["hyper_parameters"], "model": {**data["hyper_parameters"]["model"], "d_model": 64}}
+
+
+BAD_CHECKPOINTS = {
+    "missing": (None, ["checkpoint not found"]),
+    "truncated": (_truncated, ["not a checkpoint file, or it is truncated or corrupt"]),
+    "not a checkpoint": (_text, ["not a checkpoint file, or it is truncated or corrupt"]),
+    "no state_dict": (lambda c, p: torch.save({"weights": torch.zeros(2)}, p), ["not a Lightning checkpoint"]),
+    "not from attnlab": (_edited(attnlab_format=None), ["not written by attnlab-train"]),
+    "incompatible version": (_edited(attnlab_format=CHECKPOINT_FORMAT + 1), [f"format {CHECKPOINT_FORMAT + 1}",
+                                                                             "attnlab version that trained it"]),
+    "python objects": (_pickled_object, ["weights_only=True", "refuses to run code"]),
+    "config does not fit weights": (_edited(hyper_parameters=_wrong_shape), ["weights do not fit"]),
+    "no tokenizers": (_edited(tokenizers=None), ["tokenizers stored in it"]),
+}  # fmt: skip
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_is_refused_with_one_message(case, ckpt, tmp_path, run_app):
+    make, expected = BAD_CHECKPOINTS[case]
+    path = tmp_path / "model.ckpt"
+    if make:
+        make(ckpt, path)
+    status, out, err = run_app(translate, f"ckpt={path}", stdin="a b c\n")
+    assert status == 2 and out == ""
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("attnlab-translate: error: ") and str(path) in message
+    for text in expected:
+        assert text in message, message
+
+
+@pytest.mark.faults
+def test_eval_refuses_a_missing_checkpoint_a_folder_and_unknown_data(ckpt, tmp_path, run_app):
+    status, _, err = run_app(evaluate, f"ckpt={tmp_path / 'none.ckpt'}", f"paths.log_dir={tmp_path}")
+    assert status == 2 and "attnlab-eval: error: checkpoint not found" in err
+    status, _, err = run_app(evaluate, f"ckpt={ckpt.parent}", f"paths.log_dir={tmp_path}")
+    assert status == 2 and "is a directory; pass one .ckpt file inside it" in err and "last.ckpt" in err
+    lone = tmp_path / "lone" / "model.ckpt"  # a checkpoint outside its run directory
+    lone.parent.mkdir()
+    lone.write_bytes(ckpt.read_bytes())
+    status, _, err = run_app(evaluate, f"ckpt={lone}", f"paths.log_dir={tmp_path}")
+    assert status == 2 and "cannot tell which data" in err and "data=" in err
+    status, _, err = run_app(evaluate, f"ckpt={ckpt}", "split=dev", f"paths.log_dir={tmp_path}")
+    assert status == 2 and "split='dev' is not one of" in err
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "stdin,expected",
+    [("", "<stdin>: no input sentences"), ("   \n\t\n", "<stdin>, line 1: empty sentence"),
+     ("a b\n\nc d\n", "<stdin>, line 2: empty sentence")],
+    ids=["empty", "whitespace only", "blank line"],
+)  # fmt: skip
+def test_empty_input_is_refused(ckpt, run_app, stdin, expected):
+    status, out, err = run_app(translate, f"ckpt={ckpt}", stdin=stdin)
+    assert status == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith(f"attnlab-translate: error: {expected}")
+
+
+@pytest.mark.faults
+def test_sentence_longer_than_max_len_is_truncated_with_a_warning(ckpt, run_app):
+    """Documented choice (docs/decoding.md): truncate and warn, keeping one output line per input line."""
+    max_len = load_trained(ckpt).model.config.max_len
+    long = " ".join("abcdefgh"[i % 8] for i in range(max_len + 5))
+    status, out, err = run_app(translate, f"ckpt={ckpt}", "decode=greedy", stdin=f"a b c\n{long}\nd e f\n")
+    assert status == 0
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0] == "c b a" and lines[2] == "f e d"
+    assert f"1 sentence(s) longer than model.max_len={max_len} tokens were truncated (line 2)" in err
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [(["decode.n_best=5"], "decode.n_best=5 must be in [1, decode.beam_size=4]"),
+     (["decode=greedy", "+decode.n_best=2"], "decode.n_best > 1 needs decode=beam")],
+)  # fmt: skip
+def test_impossible_decode_settings_are_refused(ckpt, run_app, overrides, expected):
+    status, _, err = run_app(translate, f"ckpt={ckpt}", *overrides, stdin="a b\n")
+    assert status == 2 and expected in err
