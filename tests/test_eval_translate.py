@@ -52,11 +52,12 @@ def ckpt(trained_run) -> Path:  # noqa: F811
 def run_app(monkeypatch, capsys):
     """run_app(module, *overrides, stdin=None) -> (exit status, stdout, stderr) of the console script, in-process."""
 
-    def _run(module, *overrides: str, stdin: str | None = None) -> tuple[int, str, str]:
+    def _run(module, *overrides: str, stdin: str | bytes | None = None) -> tuple[int, str, str]:
         name = "attnlab-eval" if module is evaluate else "attnlab-translate"
         monkeypatch.setattr(sys, "argv", [name, *overrides])
         if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+            raw = stdin.encode() if isinstance(stdin, str) else stdin
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
         GlobalHydra.instance().clear()
         status = 0
         try:
@@ -288,14 +289,26 @@ def test_eval_refuses_a_missing_checkpoint_a_folder_and_unknown_data(ckpt, tmp_p
     assert status == 2 and "cannot tell which data" in err and "data=" in err
     status, _, err = run_app(evaluate, f"ckpt={ckpt}", "split=dev", f"paths.log_dir={tmp_path}")
     assert status == 2 and "split='dev' is not one of" in err
+    (tmp_path / "src.txt").write_text("a b\n \n")
+    (tmp_path / "ref.txt").write_text("b a\nc\n")
+    files = [f"src_file={tmp_path / 'src.txt'}", f"ref_file={tmp_path / 'ref.txt'}"]
+    status, _, err = run_app(evaluate, f"ckpt={ckpt}", *files, f"paths.log_dir={tmp_path}")
+    assert status == 2 and f"{tmp_path / 'src.txt'}, line 2: empty sentence" in err
+    status, _, err = run_app(evaluate, f"ckpt={ckpt}", files[0], f"paths.log_dir={tmp_path}")
+    assert status == 2 and "give both src_file=... and ref_file=..." in err
+
+
+def test_translate_input_with_windows_line_endings_and_a_bom(ckpt, run_app):
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", stdin="\ufeffa b c\r\nd e f\r\n".encode())
+    assert status == 0 and out == "c b a\nf e d\n"
 
 
 @pytest.mark.faults
 @pytest.mark.parametrize(
     "stdin,expected",
     [("", "<stdin>: no input sentences"), ("   \n\t\n", "<stdin>, line 1: empty sentence"),
-     ("a b\n\nc d\n", "<stdin>, line 2: empty sentence")],
-    ids=["empty", "whitespace only", "blank line"],
+     ("a b\n\nc d\n", "<stdin>, line 2: empty sentence"), (b"a b\nc \xff d\n", "<stdin>, line 2: invalid UTF-8")],
+    ids=["empty", "whitespace only", "blank line", "invalid UTF-8"],
 )  # fmt: skip
 def test_empty_input_is_refused(ckpt, run_app, stdin, expected):
     status, out, err = run_app(translate, f"ckpt={ckpt}", stdin=stdin)

@@ -25,7 +25,7 @@ from .data.datamodule import TranslationDataModule
 from .data.text import CorpusError, read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .metrics import corpus_scores, exact_match, signatures
-from .translate import ERRORS, decode_settings
+from .translate import ERRORS, check_sentences, decode_settings
 
 log = logging.getLogger("attnlab")
 
@@ -51,7 +51,7 @@ def read_test_set(cfg: DictConfig) -> tuple[list[str], list[str]]:
         if not (cfg.src_file and cfg.ref_file):
             raise ConfigError("give both src_file=... and ref_file=... (one sentence a line, aligned)")
         src_path, ref_path = Path(to_absolute_path(cfg.src_file)), Path(to_absolute_path(cfg.ref_file))
-        src, ref = read_lines(src_path), read_lines(ref_path)
+        src, ref = check_sentences(read_lines(src_path), str(src_path)), read_lines(ref_path)
         if len(src) != len(ref):
             raise CorpusError(f"{src_path} has {len(src)} lines but {ref_path} has {len(ref)}; they must align")
     else:

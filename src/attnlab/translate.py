@@ -45,16 +45,37 @@ def decode_settings(decode: DictConfig) -> dict:
 def read_sentences(source: str) -> tuple[list[str], str]:
     """Lines of a file, or of stdin for "-"; refuses no input and empty lines."""
     if source == "-":
-        name, lines = "<stdin>", sys.stdin.read().splitlines()
+        name, lines = "<stdin>", read_stdin()
     else:
         name = to_absolute_path(source)
         lines = read_lines(Path(name))
+    return check_sentences(lines, name), name
+
+
+def read_stdin() -> list[str]:
+    """stdin's lines, read as bytes and decoded strictly, like files: bad UTF-8 is named by line."""
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise CorpusError(
+            f"<stdin>, line {line}: invalid UTF-8 (byte {raw[err.start]:#x}); convert the input to UTF-8"
+        ) from None
+    lines = text.split("\n")  # not splitlines(): form feeds or U+2028 inside a sentence keep it one line
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def check_sentences(lines: list[str], name: str) -> list[str]:
+    """Refuses no lines at all, and empty or whitespace-only lines (naming the first)."""
     if not lines:
         raise CorpusError(f"{name}: no input sentences (expected one sentence a line)")
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             raise CorpusError(f"{name}, line {i}: empty sentence; remove it (output lines match input lines)")
-    return lines, name
+    return lines
 
 
 def format_translations(results, tokenizer, n_best: int) -> list[str]:
