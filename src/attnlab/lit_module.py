@@ -75,6 +75,8 @@ class TranslationModule(L.LightningModule):
             logits, batch["tgt_out"], self.optim["label_smoothing"], self.model.config.pad_id
         )
         n_f = n.float()
+        if stage == "train" and not torch.isfinite(loss):
+            return loss / n_f, nll, n  # not logged: NonFiniteLossGuard stops or skips this step (faults.py)
         bs = batch["src"].size(0)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss / n_f, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs)
