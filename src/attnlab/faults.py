@@ -43,12 +43,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:
-    """The newest checkpoint ModelCheckpoint wrote in this run, if any."""
-    ckpt = trainer.checkpoint_callback
-    for path in (getattr(ckpt, "last_model_path", ""), getattr(ckpt, "best_model_path", "")):
-        if path and Path(path).is_file():
-            return path
-    return None
+    """The newest checkpoint any ModelCheckpoint wrote in this run, if any (the mid-epoch `last.ckpt`
+    of `callbacks.last_checkpoint` is usually newer than the epoch-end ones)."""
+    paths = {p for cb in trainer.checkpoint_callbacks for p in (getattr(cb, "last_model_path", ""),
+                                                                  getattr(cb, "best_model_path", ""))}
+    found = [Path(p) for p in paths if p and Path(p).is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
 
 
 class NonFiniteLossGuard(Callback):
@@ -127,6 +127,13 @@ class CheckpointOnSignal(Checkpoint):
         if not isinstance(exception, INTERRUPTS) or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C (SIGINT)"
+        if isinstance(exception, KeyboardInterrupt):
+            # Ctrl-C can land after a batch was fetched but before it was trained on; record that batch
+            # as never started, else Lightning's restart logic counts it and the resumed run's logging
+            # step is one ahead of its global step. SIGTERM always stops between batches.
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            for counts in (progress.total, progress.current):
+                counts.ready = counts.started = counts.processed
         path = self.dirpath / f"{self.filename}.ckpt"
         trainer.save_checkpoint(path)
         self.saved = path
@@ -186,7 +193,8 @@ class InjectNonFinite(Callback):
 
 class InjectSignal(Callback):
     """Fault injection: the process sends itself `SIG<name>` before training step `step`, exactly as
-    `kill -<name> <pid>` from a shell would (KILL: no handler runs, nothing is flushed).
+    `kill -<name> <pid>` from a shell would (KILL: no handler runs, nothing is flushed). It fires only
+    in a run that did not start from a checkpoint, so the same command with `resume=true` goes through.
 
     `attnlab-train +callbacks.kill._target_=attnlab.faults.InjectSignal +callbacks.kill.step=12`
     """
@@ -195,7 +203,7 @@ class InjectSignal(Callback):
         self.step, self.signal = step, signal.Signals[f"SIG{name}"]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not trainer.ckpt_path:
             os.kill(os.getpid(), self.signal)
 
 

@@ -88,6 +88,44 @@ class RandomStateCheckpoint(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class LoaderStateCheckpoint(L.Callback):
+    """Carries the training loader's position (data/resumable.py) across a resume.
+
+    Lightning saves the loader's `state_dict` in the checkpoint, but when `configure_optimizers` asks
+    for `trainer.estimated_stepping_batches` (the LR schedule does) it builds the loader before it
+    restores the loops, and never hands the state back: a run resumed mid-epoch restarted that epoch
+    from its first batch. This callback keeps the state in its own slot and gives it to the loader
+    at `on_train_start`, after the restore and before the first batch is drawn.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._pending: dict | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        loader = trainer.train_dataloader if trainer is not None else None
+        if not hasattr(loader, "state_dict"):
+            return {}
+        state = loader.state_dict()
+        # Batches trained on, by Lightning's count: the loader itself has also yielded the batch that
+        # is prefetched, or that Ctrl-C interrupted before its update.
+        state["batches_done"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"loader": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("loader")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        state, self._pending = self._pending, None
+        loader = trainer.train_dataloader
+        if state is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(state)
+
+
 def checkpoint_step(ckpt: Path) -> int:
     """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
     return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True).get("global_step", 0))

@@ -25,6 +25,9 @@ class SkippingBatchSampler(Sampler):
 
     def __init__(self, batch_sampler: Sampler):
         self.inner, self.skip = batch_sampler, 0
+        # Lightning calls `set_epoch` on `loader.batch_sampler.sampler` (as on torch's BatchSampler) at
+        # every epoch start; without this attribute it never would, and every epoch had epoch 0's order.
+        self.sampler = batch_sampler
 
     @property
     def epoch(self) -> int:
@@ -71,6 +74,9 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self.batch_sampler.epoch, "batches_done": self._iterator_start + yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Called before the epoch's first batch; its iterator may exist already (the order is drawn lazily)."""
         self.batch_sampler.set_epoch(state["epoch"])
         done = state["batches_done"]
         self.batch_sampler.skip = done if done < len(self.batch_sampler) else 0
+        if self._live is not None and self._live._num_yielded == 0:
+            self._iterator_start = self.batch_sampler.skip

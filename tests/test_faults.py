@@ -1,0 +1,313 @@
+"""Fault injection (docs/reliability.md): kills, signals, NaN losses, a crashing job in a sweep, broken
+or malicious checkpoints, a corrupt tokenizer cache, an unwritable or full disk.
+
+Runs are tiny (a 2-layer d_model=64 model, ~12 steps an epoch, a few seconds each). A run that must
+really die (SIGKILL, SIGTERM, Ctrl-C) is the installed `attnlab-train` in a subprocess, the signal
+sent by `attnlab.faults.InjectSignal` at an exact step (the same kill(2) a shell's `kill` makes);
+everything else runs in this process through the console script's function. All runs use one
+thread and a fixed seed, so an interrupted-and-resumed run can be compared exactly with an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from attnlab import runlog
+from attnlab.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from attnlab.train import main
+
+pytestmark = pytest.mark.faults
+
+TRAIN = Path(sys.executable).with_name("attnlab-train")
+# 12 training steps an epoch, a mid-epoch last.ckpt every 4 steps, every step logged.
+TINY = [
+    "data.train_size=320", "data.val_size=16", "data.test_size=16", "data.max_tokens=256",
+    "val_decode_size=4", "show_examples=0", "test=false", "threads=1", "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1", "callbacks.last_checkpoint.every_n_train_steps=4",
+    "callbacks.sample_translations=null", "callbacks.attention_maps=null",
+]  # fmt: skip
+STEPS_PER_EPOCH = 12
+
+
+def kill_at(step: int, name: str = "KILL") -> list[str]:
+    return ["+callbacks.fault._target_=attnlab.faults.InjectSignal", f"+callbacks.fault.step={step}",
+            f"+callbacks.fault.name={name}"]  # fmt: skip
+
+
+def train(log_dir: Path, *overrides: str, monkeypatch, capsys) -> tuple[int, str]:
+    """`attnlab-train overrides... paths.log_dir=log_dir` in this process -> (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["attnlab-train", *overrides, f"paths.log_dir={log_dir}"])
+    GlobalHydra.instance().clear()
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+def train_command(log_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    return subprocess.run([str(TRAIN), *overrides, f"paths.log_dir={log_dir}"], env=env, capture_output=True,
+                          text=True, timeout=180, cwd=log_dir.parent)  # fmt: skip
+
+
+def the_run(log_dir: Path) -> Path:
+    """The one run directory holding checkpoints under log_dir (a resume adds a run dir without any)."""
+    runs = [p.parent.parent for p in log_dir.glob("train/runs/*/checkpoints/last.ckpt")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def step_losses(run: Path) -> list[tuple[int, float]]:
+    return runlog.curve(runlog.read_rows(runlog.find_metrics_csv(run)), "train/loss_step")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of TINY (2 epochs, 24 steps): the run every interrupted one must match."""
+    log_dir = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["attnlab-train", *TINY, f"paths.log_dir={log_dir}"])
+        GlobalHydra.instance().clear()
+        main()
+    return the_run(log_dir)
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    """Same step count, same per-step losses and learning rates, bit-identical final weights."""
+    ours, theirs = load(run / "checkpoints" / "last.ckpt"), load(reference / "checkpoints" / "last.ckpt")
+    assert ours["global_step"] == theirs["global_step"] == 2 * STEPS_PER_EPOCH
+    assert step_losses(run) == step_losses(reference)
+    rows = [runlog.read_rows(runlog.find_metrics_csv(r)) for r in (run, reference)]
+    assert runlog.curve(rows[0], "lr") == runlog.curve(rows[1], "lr")
+    assert len(step_losses(run)) == 2 * STEPS_PER_EPOCH
+    for key, value in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], value), key
+
+
+# -- kills -----------------------------------------------------------------------------------------
+
+DYING_SAVE = """
+import io, os, signal, sys, torch
+real = torch.save
+def save(obj, f, *args, **kwargs):
+    if not (isinstance(obj, dict) and obj.get("global_step") == int(os.environ["DIE_SAVING_STEP"])):
+        return real(obj, f, *args, **kwargs)
+    buf = io.BytesIO()
+    real(obj, buf)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save
+from attnlab.train import main
+sys.argv = ["attnlab-train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    tmp_path, reference, monkeypatch, capsys
+):
+    """SIGKILL lands halfway through writing the step-20 checkpoint (epoch 1, batch 8): last.ckpt is
+    still the complete step-16 one, and `resume=true` continues from it (mid-epoch: 4 batches done)
+    to the very weights and losses of the uninterrupted run."""
+    log_dir = tmp_path / "out"
+    log_dir.mkdir()
+    (tmp_path / "dying_save.py").write_text(DYING_SAVE)
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DIE_SAVING_STEP": "20"}
+    killed = subprocess.run([sys.executable, str(tmp_path / "dying_save.py"), *TINY, f"paths.log_dir={log_dir}"],
+                            env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = the_run(log_dir)
+    half_written = list((run / "checkpoints").glob(".last.ckpt.*.tmp"))
+    assert len(half_written) == 1  # the kill did land in the middle of writing last.ckpt
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(half_written[0])
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")  # complete, and passes every check
+    assert last["global_step"] == STEPS_PER_EPOCH + 4
+    assert last["callbacks"]["LoaderStateCheckpoint"]["loader"] == {"epoch": 1, "batches_done": 4}
+
+    # The same command plus resume=true finds the killed run by its overrides and continues it in place.
+    code, err = train(log_dir, *TINY, "resume=true", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert the_run(log_dir) == run
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert_same_training(run, reference)
+
+
+def _check_stopped(code: int, err: str, run: Path, name: str, step: int) -> None:
+    last = run / "checkpoints" / "last.ckpt"
+    assert code == (143 if name == "TERM" else 130), err
+    signal = "SIGTERM" if name == "TERM" else "Ctrl-C (SIGINT)"
+    assert err.strip().splitlines()[-1] == (f"attnlab-train: stopped by {signal} at step {step}: saved {last}; "
+                                            "run the same command with resume=true to continue")  # fmt: skip
+    assert read_checkpoint(last)["global_step"] == step
+
+
+def test_sigterm_saves_exits_143_and_resumes(tmp_path, reference, monkeypatch, capsys):
+    """The installed command, as a cluster scheduler stops it: SIGTERM ends the batch, saves, exits 143."""
+    log_dir = tmp_path / "out"
+    log_dir.mkdir()
+    stopped = train_command(log_dir, *TINY, *kill_at(6, "TERM"))
+    assert "Traceback" not in stopped.stderr
+    run = the_run(log_dir)
+    _check_stopped(stopped.returncode, stopped.stderr, run, "TERM", 7)  # step 6 ran to its end
+    code, err = train(log_dir, *TINY, *kill_at(6, "TERM"), "resume=true", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert_same_training(run, reference)
+
+
+def test_ctrl_c_saves_exits_130_and_resumes(tmp_path, reference, monkeypatch, capsys):
+    """SIGINT (in this process: KeyboardInterrupt) interrupts step 6 before its update; that step is redone."""
+    log_dir = tmp_path / "out"
+    code, err = train(log_dir, *TINY, *kill_at(6, "INT"), monkeypatch=monkeypatch, capsys=capsys)
+    run = the_run(log_dir)
+    _check_stopped(code, err, run, "INT", 6)
+    code, err = train(log_dir, *TINY, *kill_at(6, "INT"), "resume=true", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert_same_training(run, reference)
+
+
+# -- NaN / inf ----------------------------------------------------------------------------------------
+
+
+def nan_at(step: int) -> list[str]:
+    return ["+callbacks.nan._target_=attnlab.faults.InjectNonFinite", f"+callbacks.nan.step={step}"]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    code, err = train(tmp_path / "out", *TINY, *nan_at(10), monkeypatch=monkeypatch, capsys=capsys)
+    run = the_run(tmp_path / "out")
+    last = run / "checkpoints" / "last.ckpt"
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(
+        f"attnlab-train: error: training diverged: loss is nan at step 10 (epoch 0, batch 10); "
+        f"the weights were not updated and the last good checkpoint is {last}. Lower optim.lr"
+    )
+    kept = read_checkpoint(last)
+    assert kept["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+    assert (run / "metadata.json").is_file() and '"status": "failed"' in (run / "metadata.json").read_text()
+
+
+# -- a sweep with a crashing job and a NaN job --------------------------------------------------------
+
+
+def test_failing_jobs_do_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+    """Job 0 raises inside training (a bug), job 1 gets a NaN loss in skip mode: job 0 is recorded as
+    failed, job 1 skips the bad step and finishes; the sweep then exits 1 naming the failed job."""
+    code, err = train(
+        tmp_path / "out", "-m", *TINY, "trainer.max_epochs=1", "callbacks.nonfinite_loss.action=skip",
+        "+callbacks.fault._target_=attnlab.faults.InjectError,attnlab.faults.InjectNonFinite",
+        "+callbacks.fault.step=3", monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert code == 1
+    sweep = next((tmp_path / "out" / "train" / "multiruns").glob("2*"))
+    results = [json.loads((sweep / str(job) / "result.json").read_text()) for job in (0, 1)]
+    assert results[0]["status"] == "failed"
+    assert results[0]["error"] == "RuntimeError: injected error at step 3"
+    assert results[1]["status"] == "ok", results[1]
+    assert results[1]["steps"] == STEPS_PER_EPOCH  # the skipped update still counts as a step
+    assert "1 ok, 1 failed" in err
+    weights = read_checkpoint(sweep / "1" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# -- checkpoints: broken, foreign, old, malicious -----------------------------------------------------
+
+
+def _truncated(ref: Path, path: Path) -> None:
+    data = ref.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _text(ref: Path, path: Path) -> None:
+    path.write_text("epoch=3 step=1200\n")
+
+
+def _plain_tensors(ref: Path, path: Path) -> None:
+    torch.save({"weight": torch.zeros(3)}, path)
+
+
+def _older_format(ref: Path, path: Path) -> None:
+    ckpt = load(ref)
+    ckpt["attnlab_format"] = CHECKPOINT_FORMAT - 1
+    torch.save(ckpt, path)
+
+
+CHECKPOINT_CASES = {
+    "missing": (None, [], "ckpt_path={path}: no such checkpoint file"),
+    "truncated": (_truncated, [], "cannot resume: {path} is not a checkpoint file, or it is truncated or corrupt"),
+    "not a checkpoint": (_text, [], "cannot resume: {path} is not a checkpoint file, or it is truncated or corrupt"),
+    "not a Lightning checkpoint": (_plain_tensors, [], "cannot resume: {path} is not a Lightning checkpoint"),
+    "older format version": (_older_format, [], f"has checkpoint format {CHECKPOINT_FORMAT - 1}, but this attnlab"),
+    "another model config": (
+        shutil.copy, ["model.d_model=32", "model.d_ff=64"],
+        "cannot resume from {path}: it was trained with model.d_model=64, model.d_ff=256, "
+        "but this run has model.d_model=32, model.d_ff=64",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_bad_checkpoint_to_resume_from_is_refused_before_training(case, tmp_path, reference, monkeypatch, capsys):
+    make, overrides, expected = CHECKPOINT_CASES[case]
+    path = tmp_path / "model.ckpt"
+    if make is not None:
+        make(reference / "checkpoints" / "last.ckpt", path)
+    code, err = train(tmp_path / "out", *TINY, f"ckpt_path={path}", *overrides, monkeypatch=monkeypatch,
+                      capsys=capsys)  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("attnlab-train: error: ")
+    assert expected.format(path=path) in err, err
+    assert not list((tmp_path / "out").glob("train/runs/*/checkpoints"))  # nothing trained
+
+
+class WritesAFile:
+    """Unpickling this object runs `open(target, 'w').write(...)`: what a malicious checkpoint does."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return exec, (f"open({self.target!r}, 'w').write('pwned')",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, reference, monkeypatch, capsys):
+    from attnlab.resume import AtomicCheckpointIO
+
+    control_target, target = tmp_path / "control-pwned", tmp_path / "pwned"
+    ckpt = load(reference / "checkpoints" / "last.ckpt")
+    torch.save({**ckpt, "payload": WritesAFile(control_target)}, tmp_path / "control.ckpt")
+    torch.save({**ckpt, "payload": WritesAFile(target)}, tmp_path / "evil.ckpt")
+    torch.load(tmp_path / "control.ckpt", weights_only=False)  # an unsafe load really does run it
+    assert control_target.read_text() == "pwned"
+
+    evil = tmp_path / "evil.ckpt"
+    with pytest.raises(CheckpointError, match="refuses to run code"):
+        read_checkpoint(evil)  # attnlab-eval / attnlab-translate / averaging
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(evil, weights_only=False)  # Lightning's resume path
+    code, err = train(tmp_path / "out", *TINY, f"ckpt_path={evil}", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert "refuses to run code from a file" in err
+    assert not target.exists()
