@@ -111,7 +111,13 @@ def cached_sentencepiece(
     folder = Path(cache_dir) / "tokenizers"
     model_path, meta_path = folder / f"{name}-{key}.model", folder / f"{name}-{key}.json"
     if model_path.is_file():
-        tokenizer = SentencePieceTokenizer(model_path.read_bytes())
+        try:
+            tokenizer = SentencePieceTokenizer(model_path.read_bytes())
+        except RuntimeError as err:  # sentencepiece's parse error: a crash or a full disk while it was copied
+            raise CorpusError(
+                f"tokenizer cache {model_path} is corrupt ({str(err).strip()[:80]}); delete it and its .json "
+                "to retrain the tokenizer"
+            ) from None
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if meta.get("settings") != settings or tokenizer.vocab_size != vocab_size:
             raise CorpusError(
