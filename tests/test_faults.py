@@ -311,3 +311,62 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, 
     assert code == 2
     assert "refuses to run code from a file" in err
     assert not target.exists()
+
+
+# -- tokenizer cache, output folder, disk ---------------------------------------------------------------
+
+
+def test_corrupt_tokenizer_cache_is_named_with_the_fix(tmp_path, monkeypatch, capsys):
+    from attnlab.data.datamodule import TranslationDataModule
+
+    words = "the a cat dog sat ran on under mat rug red big".split()
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for split, n in (("train", 60), ("val", 6), ("test", 6)):
+        for k, lang in enumerate(("de", "en")):
+            lines = [" ".join(words[(i * 7 + j * 3 + k) % len(words)] for j in range(6)) for i in range(n)]
+            (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n")
+    data = dict(source="parallel", root=str(root), src_lang="de", tgt_lang="en", tokenizer="sentencepiece",
+                vocab_size=40, joint_vocab=True, max_sentence_len=60)  # fmt: skip
+    TranslationDataModule(**data, cache_dir=str(tmp_path / "cache")).setup()  # fills the cache
+    cached = list((tmp_path / "cache" / "tokenizers").glob("*.model"))
+    assert len(cached) == 1
+    cached[0].write_bytes(b"\x00garbage from a crash or a full disk\xff" * 8)
+
+    overrides = [f"data.{k}={v}" for k, v in data.items()] + [f"data.cache_dir={tmp_path / 'cache'}"]
+    code, err = train(tmp_path / "out", "data=parallel", *overrides, *TINY[4:], monkeypatch=monkeypatch,
+                      capsys=capsys)  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"attnlab-train: error: tokenizer cache {cached[0]} is corrupt")
+    assert "delete it" in err
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, capsys):
+    """chmod'ed read-only; as root (who may write anyway) the refusal the OS would give is simulated."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:
+        import attnlab.preflight
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(attnlab.preflight.tempfile, "TemporaryFile", refuse)
+    code, err = train(locked / "out", *TINY, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert err.strip() == (f"attnlab: error: cannot write to {locked} (for the output directory {locked}/out/train/"
+                           f"runs/{err.split('/runs/')[1].split(')')[0]}): Permission denied; choose another "
+                           "paths.log_dir")  # fmt: skip
+    assert list(locked.iterdir()) == []
+
+
+def test_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
+    import attnlab.preflight
+
+    real = attnlab.preflight.shutil.disk_usage
+    monkeypatch.setattr(attnlab.preflight.shutil, "disk_usage", lambda p: real(p)._replace(free=20 * 2**20))
+    code, err = train(tmp_path / "out", *TINY, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert "not enough free disk space" in err and "20 MiB free" in err and "need at least 100 MiB" in err
+    assert not (tmp_path / "out").exists()
