@@ -337,3 +337,12 @@ def test_sentence_longer_than_max_len_is_truncated_with_a_warning(ckpt, run_app)
 def test_impossible_decode_settings_are_refused(ckpt, run_app, overrides, expected):
     status, _, err = run_app(translate, f"ckpt={ckpt}", *overrides, stdin="a b\n")
     assert status == 2 and expected in err
+
+
+def test_decode_keys_reach_the_search(ckpt, run_app):
+    """min_len and the a * src_len + b limit given on the command line change the output length."""
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", "+decode.min_len=8", stdin="a b c\n")
+    assert status == 0 and len(out.split()) >= 8
+    # "a b c" is 4 source tokens with EOS: a limit of 0.5 * 4 + 0 = 2 tokens leaves one word before EOS.
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode.max_len_a=0.5", "decode.max_len_b=0", stdin="a b c\n")
+    assert status == 0 and out == "c\n"
