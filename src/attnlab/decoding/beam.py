@@ -46,7 +46,7 @@ def beam_search(
     cfg, K = model.config, beam_size
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
-    stepper = make_stepper(model, memory.repeat_interleave(K, 0), src_mask.repeat_interleave(K, 0), use_cache)
+    stepper = make_stepper(model, memory, src_mask, use_cache, repeat=K)  # K rows per sentence
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     L = int(limits.max())
     seqs = src.new_full((B * K, L), cfg.pad_id)  # (A*K, L): each beam's output so far

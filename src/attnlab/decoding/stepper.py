@@ -15,11 +15,19 @@ from ..model import Transformer
 
 
 class CachedStepper:
-    """Each step embeds one position and attends to the cached keys/values: O(t) per step."""
+    """Each step embeds one position and attends to the cached keys/values: O(t) per step.
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor):
+    `repeat` gives every sentence that many rows (beam search's K beams); the encoder output
+    is projected to keys/values once per sentence and only then repeated.
+    """
+
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1):
         self.model = model
         self.cache = model.start_decoding(memory, src_mask)
+        if repeat > 1:
+            self.cache.memory_kv = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
+                                    for k, v in self.cache.memory_kv]  # fmt: skip
+            self.cache.src_mask = src_mask.repeat_interleave(repeat, 0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.decode_step(tokens, self.cache)  # (N,) -> (N, V)
@@ -31,7 +39,8 @@ class CachedStepper:
 class FullPrefixStepper:
     """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor):
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1):
+        memory, src_mask = memory.repeat_interleave(repeat, 0), src_mask.repeat_interleave(repeat, 0)
         self.model, self.memory, self.src_mask = model, memory, src_mask
         self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
 
@@ -46,5 +55,5 @@ class FullPrefixStepper:
             self.src_mask = self.src_mask.index_select(0, index)
 
 
-def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool):
-    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask)
+def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool, repeat: int = 1):
+    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, repeat)
