@@ -53,10 +53,11 @@ def model_log_prob(model, src: torch.Tensor, out: list[int]) -> float:
 
 
 class TableCache:
-    """What TableModel needs between steps: the number of tokens read so far."""
+    """What TableModel needs between steps: the number of tokens read so far. It has the
+    DecoderCache fields beam search repeats per beam (no encoder keys/values: the source is ignored)."""
 
-    def __init__(self):
-        self.length = 0
+    def __init__(self, src_mask: torch.Tensor):
+        self.length, self.memory_kv, self.src_mask = 0, [], src_mask
 
     def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
         pass  # the next distribution depends on the newest token only: nothing to reorder
@@ -89,7 +90,7 @@ class TableModel(torch.nn.Module):
         return src[:, :, None].float(), (src != PAD)[:, None, None, :]
 
     def start_decoding(self, memory, src_mask):
-        return TableCache()
+        return TableCache(src_mask)
 
     def decode_step(self, tokens, cache):
         cache.length += 1
