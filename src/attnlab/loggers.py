@@ -75,11 +75,13 @@ def _task_overrides() -> list[str]:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """`n_heads=2,positional=none` from the overrides (last key component); the task when none."""
+    """`n_heads=2,positional=none` from the overrides (last key component); in a sweep only the swept
+    keys' (what tells its jobs apart); the task name when none."""
+    swept = set(swept_keys())
     parts = []
     for override in _task_overrides():
         key, _, value = override.lstrip("+~").partition("=")
-        if not key.startswith(_NOT_IN_NAME):
+        if not key.startswith(_NOT_IN_NAME) and (not swept or key in swept):
             parts.append(f"{key.split('.')[-1]}={value}")
     return ",".join(parts)[:120] or cfg.task_name
 
