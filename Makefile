@@ -19,8 +19,11 @@ $(BIN)/.attnlab-installed: pyproject.toml
 
 setup: $(BIN)/.attnlab-installed
 
+# The main job: a 2-run ablation sweep (positional sinusoidal vs none on `reverse`), then its report
+# table and plots (docs/sweeps.md). The report runs even if a job failed; the sweep's status is kept.
 run: setup
-	$(BIN)/attnlab-train experiment=reverse_tiny
+	$(BIN)/attnlab-train -m sweep=demo; status=$$?; \
+	$(BIN)/attnlab-report outputs/demo/multiruns/latest && exit $$status
 
 test: setup
 	$(BIN)/pytest -q -m "not slow"
