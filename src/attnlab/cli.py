@@ -16,6 +16,10 @@ USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError, NonFiniteLossError)
 
 def explain_and_exit(err: Exception, what: str = "attnlab") -> None:
     """A user error ends the command with its message (exit 2), not a traceback."""
-    log.error("%s: %s", type(err).__name__, err)
+    # Into the run's log file (what went wrong, for later), but said once on the terminal.
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, err), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     print(f"{what}: error: {err}", file=sys.stderr)
     sys.exit(2)
