@@ -162,13 +162,25 @@ def test_failing_job_is_recorded_and_rerun_skips_finished_and_resumes_unfinished
     assert json.loads((sweep_dir / "1" / "result.json").read_text())["status"] == "failed"
 
 
+SWEEP_DIR = """
+import attnlab.config
+from hydra import compose, initialize_config_module
+with initialize_config_module("attnlab.conf", version_base="1.3"):
+    print(compose(config_name="train", overrides=["sweep=demo"], return_hydra_config=True).hydra.sweep.dir)
+"""
+
+
 def test_two_sweeps_started_in_the_same_second_never_collide(tmp_path: Path) -> None:
-    command = [str(BIN / "attnlab-train"), "-m", "--cfg", "hydra", "--resolve", "--package", "hydra.sweep"]
-    procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    dirs = [yaml.safe_load(p.communicate(timeout=120)[0])["hydra"]["sweep"]["dir"] for p in procs]
+    """Two processes resolve the sweep directory at the same moment: the timestamp alone would
+    collide, the per-process uid keeps them apart."""
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEP_DIR], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    dirs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert dirs[0] != dirs[1], dirs
-    assert dirs[0].startswith("outputs/train/multiruns/")
+    assert all(d.startswith("outputs/demo/multiruns/20") for d in dirs), dirs
+    stamp = [d.rsplit("_", 1) for d in dirs]  # <date>_<time>_<uid>
+    assert all(len(uid) == 6 for _, uid in stamp) and stamp[0][1] != stamp[1][1]
 
 
 def _run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -73,7 +73,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         if (path / ".hydra").is_dir() or (path / RESULT_FILE).is_file():
             found.append(path)
             continue
-        runs = sorted({p.parent for p in path.glob("**/.hydra")}, key=_run_order)
+        runs = sorted({p.parent.resolve() for p in path.glob("**/.hydra")}, key=_run_order)  # `latest` links twice
         if not runs:
             raise FileNotFoundError(f"{given}: no runs found (no */.hydra/ directories under it)")
         found.extend(runs)
