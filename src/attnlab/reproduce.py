@@ -76,13 +76,16 @@ def command_line(run_dir: Path, config_dir: Path, extra: list[str]) -> tuple[lis
     config, choices, overrides, log_dir = recorded(run_dir)
     body = {k: v for k, v in config.items() if k not in _START_KEYS}
     OmegaConf.save(OmegaConf.create({"defaults": ["train", "_self_"], **body}), config_dir / "reproduce.yaml")
-    log_dir = next((o.split("=", 1)[1] for o in extra if o.startswith("paths.log_dir=")), log_dir)
+    given = [o.split("=", 1)[1] for o in extra if o.startswith("paths.log_dir=")]
+    log_dir = given[-1] if given else log_dir
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     task = str(config.get("task_name", "train"))
-    new_dir = Path(log_dir).resolve() / task / "runs" / f"{stamp}_reproduces_{run_dir.name}"
+    # A sweep job's directory is its number: name it with its sweep's directory.
+    name = f"{run_dir.parent.name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+    new_dir = Path(log_dir).resolve() / task / "runs" / f"{stamp}_reproduces_{name}"
     argv = ["attnlab-train", "--config-dir", str(config_dir), "--config-name", "reproduce",
-            *overrides_for(choices, overrides), f"paths.log_dir={log_dir}", f"hydra.run.dir={new_dir}",
-            *extra]  # fmt: skip
+            *overrides_for(choices, overrides), *([] if given else [f"paths.log_dir={log_dir}"]),
+            f"hydra.run.dir={new_dir}", *extra]  # fmt: skip
     return argv, new_dir
 
 
