@@ -60,7 +60,7 @@ class Row:
 
     @property
     def errors(self) -> list[str]:
-        return [f"{j.label}: {j.error}" for j in self.jobs if j.error]
+        return [f"{j.label}: {' '.join(j.error.split())}" for j in self.jobs if j.error]  # one line each
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
