@@ -11,6 +11,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -369,6 +370,30 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
                            f"runs/{err.split('/runs/')[1].split(')')[0]}): Permission denied; choose another "
                            "paths.log_dir")  # fmt: skip
     assert list(locked.iterdir()) == []
+
+
+def test_disk_full_while_saving_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    """The step-8 checkpoint write fails half way with ENOSPC, as on a disk that just filled up."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("global_step") == 8:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    code, err = train(tmp_path / "out", *TINY, monkeypatch=monkeypatch, capsys=capsys)
+    run = the_run(tmp_path / "out")
+    last = run / "checkpoints" / "last.ckpt"
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "attnlab-train: error: the disk filled up at step 8 (No space left on device: while writing); checkpoints "
+        f"are written atomically, so the newest complete checkpoint is {last}: free some space, then run the "
+        "same command with resume=true"
+    )
+    assert read_checkpoint(last)["global_step"] == 4
+    assert not list(last.parent.glob(".*.tmp"))
 
 
 def test_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):

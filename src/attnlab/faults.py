@@ -19,6 +19,7 @@ chosen step, `InjectError` raises at a chosen step, e.g. in one job of a sweep.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -167,6 +168,20 @@ def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
             f"stopped by {name} at step {trainer.global_step}: {kept}run the same command with resume=true to continue",
             code,
         ) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = last_checkpoint(trainer)
+        kept = f"the newest complete checkpoint is {kept}" if kept else "no checkpoint had been saved yet"
+        raise DiskFullError(
+            f"the disk filled up at step {trainer.global_step} ({err.strerror}: {err.filename or 'while writing'}); "
+            f"checkpoints are written atomically, so {kept}: free some space, then run the same command "
+            "with resume=true"
+        ) from None
+
+
+class DiskFullError(ConfigError):
+    """No space left while training; the message names the step and the checkpoint kept."""
 
 
 class InjectNonFinite(Callback):

@@ -9,6 +9,7 @@ variables are recorded except a short allow-list, so secrets (API keys) never en
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+log = logging.getLogger("attnlab")
 FILE = "metadata.json"
 DIFF_FILE = "git.diff"
 PACKAGES = (
@@ -168,7 +170,11 @@ def write_end(run_dir: str | Path, status: str, metrics: dict[str, float] | None
         record["wall_time_s"] = round((finished - datetime.fromisoformat(started)).total_seconds(), 1)
     if metrics is not None:
         record["metrics"] = metrics
-    _write(run_dir, record)
+    try:
+        _write(run_dir, record)
+    except OSError as err:  # e.g. the full disk that ended the run: report that, not this
+        (run_dir / f".{FILE}.tmp").unlink(missing_ok=True)
+        log.warning("could not record the end of the run in %s: %s", run_dir / FILE, err)
 
 
 def _hydra_dir() -> str | None:
