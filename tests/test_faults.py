@@ -155,6 +155,22 @@ def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run
     assert_same_training(run, reference)
 
 
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, reference, monkeypatch, capsys):
+    """kill -9 at step 18 (epoch 1, batch 6): steps 16-17 are lost and redone from the step-16 checkpoint."""
+    log_dir = tmp_path / "out"
+    log_dir.mkdir()
+    killed = train_command(log_dir, *TINY, *kill_at(STEPS_PER_EPOCH + 6))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = the_run(log_dir)
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH + 4
+    code, err = train(log_dir, *TINY, *kill_at(STEPS_PER_EPOCH + 6), "resume=true", monkeypatch=monkeypatch,
+                      capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    assert the_run(log_dir) == run
+    assert_same_training(run, reference)
+
+
 def _check_stopped(code: int, err: str, run: Path, name: str, step: int) -> None:
     last = run / "checkpoints" / "last.ckpt"
     assert code == (143 if name == "TERM" else 130), err
