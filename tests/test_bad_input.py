@@ -112,7 +112,9 @@ CORPUS_CASES = {
     "binary file": (_binary, [], ["train.de", "binary"]),
     "language with no files": (lambda root: None, ["data.src_lang=fr"], ["train.fr", "found: train.de, train.en"]),
     "no such folder": (lambda root: None, ["data.root=/nonexistent/corpus"], ["/nonexistent/corpus/train.de"]),
-    "test line longer than model.max_len": (_long_test_line, [], ["test.de, line 13", "301 tokens", "model.max_len=64"]),
+    "test line longer than model.max_len": (
+        _long_test_line, [], ["test.de, line 13", "301 tokens", "model.max_len=64"]
+    ),
 }
 
 
