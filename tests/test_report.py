@@ -77,6 +77,7 @@ def test_partial_sweep_shows_failed_and_unfinished_rows_with_plots(tmp_path: Pat
         ("sinusoidal", "ok"), ("none", "failed"), ("rope", "unfinished")]
     assert float(rows[0]["val/loss"]) == 1.0  # from metrics.csv, not result.json's 99.0
     assert float(rows[0]["val/exact_match"]) == 0.9 and float(rows[0]["parameters"]) == 1234
+    assert float(rows[0]["best:val/exact_match"]) == 0.9
     assert float(rows[0]["train/loss"]) == pytest.approx(1.1)
     assert float(rows[2]["steps"]) == 10  # no result.json: the log's last step
     assert "boom: bad thing" in rows[1]["error"] and "boom: bad thing" in files["markdown"].read_text()

@@ -34,7 +34,9 @@ def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
         names = ["exact_match"]
     else:
         names = ["bleu", "chrf"]
-    cols = [(f"{split}/{n}", f"{split} {n.replace('_', ' ')}") for split in ("val", "test") for n in names]
+    label = {n: n.replace("_", " ") for n in names}
+    cols = [(f"val/{n}", f"val {label[n]}") for n in names] + [(f"best:val/{n}", f"best val {label[n]}") for n in names]
+    cols += [(f"test/{n}", f"test {label[n]}") for n in names]  # test: on the best checkpoint
     return [c for c in cols if any(c[0] in j.values for j in jobs)]
 
 

@@ -127,6 +127,8 @@ def load_job(run_dir: Path) -> Job:
 def _values(result: dict, rows: list[dict[str, float]]) -> dict[str, float]:
     values = dict((result.get("metrics") or {}).get("final", {}))
     values.update(runlog.last_values(rows))  # the run's own log wins
+    # the best epoch too: one unlucky last epoch should not hide what the run reached (min loss, max accuracy)
+    values.update({f"best:{k}": v for k, v in runlog.best_values(rows).items()})
     if "train/loss_epoch" in values:  # the epoch mean; `train/loss` in result.json is the last step's
         values["train/loss"] = values["train/loss_epoch"]
     if "train/nll" in values:  # perplexity as val/ppl is computed: exp of the unsmoothed NLL
