@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError
 from .data.text import CorpusError
-from .faults import NonFiniteLossError
+from .errors import NonFiniteLossError
 
 log = logging.getLogger("attnlab")
 # A diverged run is not the user's mistake, but it too deserves one message (step, checkpoint, fix).

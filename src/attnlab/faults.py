@@ -33,14 +33,11 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import ConfigError
+from .errors import NonFiniteLossError
 
 log = logging.getLogger("attnlab")
 
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the message names the step and the checkpoint."""
 
 
 def last_checkpoint(trainer: L.Trainer) -> str | None:
