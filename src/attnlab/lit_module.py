@@ -16,6 +16,7 @@ from . import metrics
 from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, tokenizer_from_state
 from .decoding import decode
+from .decoding.batch import content
 from .model import Transformer, TransformerConfig
 from .schedule import learning_rate
 
@@ -115,14 +116,7 @@ class TranslationModule(L.LightningModule):
         return every > 0 and (self.current_epoch + 1) % every == 0 and self.hparams.val_decode_size > 0
 
     def _content(self, ids: list[int]) -> list[int]:
-        cfg = self.model.config
-        out = []
-        for i in ids:
-            if i == cfg.eos_id:
-                break
-            if i != cfg.pad_id:
-                out.append(i)
-        return out
+        return content(ids, self.model.config)
 
     def _log_decoded(self, stage: str) -> None:
         """Exact match on ids; BLEU and chrF on text detokenised by the target tokenizer."""

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cli import USER_ERRORS, explain_and_exit
 from ..config import ConfigError
+from ..metadata import cpu_model
 from ..model import TransformerConfig
 from . import config as bench_config
 from . import results as res
@@ -82,22 +83,12 @@ def _meta(cfg: DictConfig, device: torch.device, skipped: list[str]) -> dict:
             versions[package] = None
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "versions": versions,
         "skipped": skipped,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _plain(value):
