@@ -260,3 +260,23 @@ def test_same_seed_same_losses_and_reproduce_reruns_a_run(tmp_path, capsys):
     assert meta_b["metrics"]["val/loss"] == meta_a["metrics"]["val/loss"]
     assert f"reproduced {a}" in printed
     assert [line.split()[-1] for line in printed.splitlines() if line.startswith("val/loss ")] == ["0"]
+
+
+def test_csv_logger_keeps_columns_another_process_wrote(tmp_path):
+    """ddp_spawn runs fit and test in workers that each hold a copy of the logger made before the
+    spawn: the test worker's writer must keep the fit worker's columns and rows, not rewrite them away."""
+    import copy
+
+    from attnlab.loggers import ResumableCSVLogger
+
+    fit = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    fit.experiment  # created in the parent, before the workers
+    test = copy.deepcopy(fit)
+    fit.log_metrics({"train/loss": 2.0, "val/loss": 1.5}, step=10)
+    fit.save()
+    test.log_metrics({"test/loss": 1.4}, step=10)
+    test.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["train/loss"] == "2.0" and rows[0]["val/loss"] == "1.5"
+    assert rows[1]["test/loss"] == "1.4" and set(rows[1]) == {"step", "train/loss", "val/loss", "test/loss"}

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Overrides that do not change what is trained: left out of W&B names.
@@ -52,6 +53,22 @@ class ResumableCSVLogger(CSVLogger):
         writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in kept] + writer.metrics
         writer.save()
         return writer
+
+    @rank_zero_only
+    def save(self) -> None:
+        # Another process may have written this file (ddp_spawn: the fit and the test phase each
+        # run in a worker holding its own copy of the writer). Lightning's writer only knows the
+        # columns it logged itself and would rewrite the file without the others, so learn them first.
+        writer = self.experiment
+        path = Path(writer.metrics_file_path)
+        if writer.metrics and path.is_file():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            missing = [k for k in header if k not in writer.metrics_keys]
+            if missing:
+                writer.metrics_keys.extend(missing)
+                writer.metrics_keys.sort()
+        super().save()
 
 
 def has_wandb_credentials() -> bool:
