@@ -270,7 +270,7 @@ def test_csv_logger_keeps_columns_another_process_wrote(tmp_path):
     from attnlab.loggers import ResumableCSVLogger
 
     fit = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
-    fit.experiment  # created in the parent, before the workers
+    assert fit.experiment is not None  # created in the parent, before the workers
     test = copy.deepcopy(fit)
     fit.log_metrics({"train/loss": 2.0, "val/loss": 1.5}, step=10)
     fit.save()

@@ -344,5 +344,6 @@ def test_decode_keys_reach_the_search(ckpt, run_app):
     status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", "+decode.min_len=8", stdin="a b c\n")
     assert status == 0 and len(out.split()) >= 8
     # "a b c" is 4 source tokens with EOS: a limit of 0.5 * 4 + 0 = 2 tokens leaves one word before EOS.
-    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode.max_len_a=0.5", "decode.max_len_b=0", stdin="a b c\n")
+    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", "decode.max_len_a=0.5", "decode.max_len_b=0",
+                          stdin="a b c\n")
     assert status == 0 and out == "c\n"

@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import signal as signal_module
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,15 @@ def test_sigterm_and_ctrl_c_save_and_the_run_resumes(name, step, loggers, tmp_pa
     it before its update (it is redone on resume). Both save last.ckpt and end with 143 / 130; the same
     command with resume=true then ends exactly where an uninterrupted run does, logging into the same
     CSV file and the same W&B run."""
+    # Python's own Ctrl-C handler, whatever an earlier test in this process (a W&B session) installed.
+    previous = signal_module.signal(signal_module.SIGINT, signal_module.default_int_handler)
+    try:
+        _stop_and_resume(name, step, loggers, tmp_path, reference, monkeypatch, capsys)
+    finally:
+        signal_module.signal(signal_module.SIGINT, previous)
+
+
+def _stop_and_resume(name, step, loggers, tmp_path, reference, monkeypatch, capsys) -> None:
     log_dir = tmp_path / "out"
     command = [*TINY, *kill_at(6, name), f"logger={loggers}"]
     code, err = train(log_dir, *command, monkeypatch=monkeypatch, capsys=capsys)
