@@ -112,14 +112,48 @@ def test_self_and_cross_attention_helpers_equal_the_general_form():
     torch.testing.assert_close(mha.cross_attention(x, mha.project_kv(memory), mask_s), mha(x, memory, memory, mask_s))
 
 
-def test_cached_self_attention_equals_causal_full_sequence():
+@pytest.mark.parametrize("capacity", [64, 2], ids=["preallocated", "grows past capacity"])
+def test_cached_self_attention_equals_causal_full_sequence(capacity):
     from attnlab.model import KVCache
 
     mha, x = make_mha(), torch.randn(B, T, D)
     full = mha.self_attention(x, causal=True)
-    cache = KVCache()
+    cache = KVCache(capacity)
     steps = [mha.self_attention(x[:, t : t + 1], cache=cache) for t in range(T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length == T
+
+
+@pytest.mark.parametrize("capacity", [64, 3])
+@torch.no_grad()  # as in decoding: the cache is filled without autograd
+def test_reordered_cache_equals_the_reordered_sequences(capacity):
+    """Rows reordered (and dropped) mid-way, as beam search does: each row then continues the
+    history of the row it was copied from, exactly as if that sequence had been decoded alone."""
+    from attnlab.model import KVCache
+
+    mha, x = make_mha(), torch.randn(4, T, D)
+    cache, t0 = KVCache(capacity), 3
+    for t in range(t0):
+        mha.self_attention(x[:, t : t + 1], cache=cache)
+    for index in (torch.tensor([2, 2, 0, 1]), torch.tensor([3, 0])):  # same size (spare buffers), then fewer rows
+        cache.reorder(index)
+        x = x[index]
+    steps = [mha.self_attention(x[:, t : t + 1], cache=cache) for t in range(t0, T)]
+    full = mha.self_attention(x, causal=True)[:, t0:]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_grouped_cross_attention_equals_keys_repeated_per_beam():
+    """K decoder rows per sentence attend to one copy of its keys/values (beam search)."""
+    mha, memory, K = make_mha(), torch.randn(B, S, D), 3
+    mask = key_padding_mask([7, 4, 2], S)
+    x = torch.randn(B * K, 1, D)
+    k, v = mha.project_kv(memory)
+    repeated = (k.repeat_interleave(K, 0), v.repeat_interleave(K, 0))
+    expected = mha.cross_attention(x, repeated, mask.repeat_interleave(K, 0))
+    torch.testing.assert_close(mha.cross_attention(x, (k, v), mask), expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="do not group"):
+        mha.cross_attention(torch.randn(B * K + 1, 1, D), (k, v), mask)
 
 
 def test_attention_dropout_only_in_training():

@@ -53,13 +53,13 @@ def model_log_prob(model, src: torch.Tensor, out: list[int]) -> float:
 
 
 class TableCache:
-    """What TableModel needs between steps: the number of tokens read so far. It has the
-    DecoderCache fields beam search repeats per beam (no encoder keys/values: the source is ignored)."""
+    """What TableModel needs between steps: the number of tokens read so far (no encoder
+    keys/values: the source is ignored)."""
 
     def __init__(self, src_mask: torch.Tensor):
         self.length, self.memory_kv, self.src_mask = 0, [], src_mask
 
-    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
+    def reorder(self, index: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
         pass  # the next distribution depends on the newest token only: nothing to reorder
 
 
@@ -89,7 +89,7 @@ class TableModel(torch.nn.Module):
     def encode(self, src):
         return src[:, :, None].float(), (src != PAD)[:, None, None, :]
 
-    def start_decoding(self, memory, src_mask):
+    def start_decoding(self, memory, src_mask, capacity=None):
         return TableCache(src_mask)
 
     def decode_step(self, tokens, cache):
@@ -208,7 +208,7 @@ def test_cached_step_reads_one_position_at_a_time(tiny_config):
     prefix = torch.full((2, 1), BOS)
     for step in range(4):
         logits = model.decode_step(prefix[:, -1], cache)
-        assert cache.length == step + 1 and cache.self_kv[0].k.size(2) == step + 1
+        assert cache.length == step + 1 and cache.self_kv[0].length == step + 1
         full = model.decode(prefix, memory, mask)[:, -1]
         torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
         prefix = torch.cat([prefix, logits.argmax(-1, keepdim=True)], 1)
@@ -269,6 +269,20 @@ def test_scores_are_the_models_log_probabilities_of_the_returned_tokens(tiny_con
         for n in range(tokens.size(1)):
             out = strip(tokens[i, n].tolist())
             assert float(scores[i, n]) == pytest.approx(model_log_prob(model, src_i, out), abs=1e-4)
+
+
+@pytest.mark.parametrize("rows, width, k", [(64, 32000, 8), (3, 32003, 8), (5, 1000, 8), (2, 20000, 3)])
+def test_chunked_topk_equals_torch_topk(rows, width, k):
+    """Beam search's candidate selection: the same values and positions as torch.topk,
+    including rows with -inf (forbidden tokens) and widths that are not whole chunks."""
+    from attnlab.decoding.topk import topk
+
+    scores = torch.randn(rows, width, generator=torch.Generator().manual_seed(width))
+    scores[:, ::7] = float("-inf")
+    scores[0, 5000 % width] = 50.0  # one clear winner far from the others
+    values, index = topk(scores, k)
+    expected_values, expected_index = scores.topk(k, dim=1)
+    assert torch.equal(values, expected_values) and torch.equal(index, expected_index)
 
 
 def test_decode_shapes_and_a_bad_strategy(tiny_config):

@@ -13,6 +13,7 @@ import torch
 from ..model import Transformer
 from .greedy import next_token_log_probs, output_limits
 from .stepper import make_stepper
+from .topk import topk
 
 NEG_INF = float("-inf")
 
@@ -46,9 +47,9 @@ def beam_search(
     cfg, K = model.config, beam_size
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
-    stepper = make_stepper(model, memory, src_mask, use_cache, repeat=K)  # K rows per sentence
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     L = int(limits.max())
+    stepper = make_stepper(model, memory, src_mask, use_cache, repeat=K, steps=L)  # K rows per sentence
     seqs = src.new_full((B * K, L), cfg.pad_id)  # (A*K, L): each beam's output so far
     last = src.new_full((B * K,), cfg.bos_id)
     beam_logp = torch.full((B, K), NEG_INF, device=device)
@@ -63,9 +64,9 @@ def beam_search(
         logits = stepper.step(last)
         logp = next_token_log_probs(model, logits, step, limits[alive].repeat_interleave(K), min_len)  # (A*K, V)
         V = logp.size(-1)
-        cand = (beam_logp[:, :, None] + logp.view(A, K, V)).view(A, K * V)
+        cand = logp.view(A, K, V).add_(beam_logp[:, :, None]).view(A, K * V)  # in place: logp is ours
         # 2K candidates guarantee K that do not end here: each beam has one EOS candidate.
-        top_logp, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (A, 2K)
+        top_logp, top_idx = topk(cand, min(2 * K, K * V))  # (A, 2K)
         parent, token = top_idx // V, top_idx % V
         ends = token == cfg.eos_id
         first_row = (torch.arange(A, device=device) * K)[:, None]  # (A, 1)
@@ -85,14 +86,16 @@ def beam_search(
         rows = first_row + parent.gather(1, pick)  # (A, K) rows of the parents
         last = token.gather(1, pick)  # (A, K)
         going = (pool_rank[alive, -1] == NEG_INF) & (step + 1 < limits[alive])  # (A,)
+        kept = None  # which of the A sentences go on, when some do not
         if not going.all():
             if not going.any():
                 break
-            alive, beam_logp, rows, last = alive[going], beam_logp[going], rows[going], last[going]
+            kept = going.nonzero()[:, 0]
+            alive, beam_logp, rows, last = alive[kept], beam_logp[kept], rows[kept], last[kept]
         rows, last = rows.view(-1), last.view(-1)
         seqs = seqs[rows]
         seqs[:, step] = last
-        stepper.reorder(rows, memory=not going.all())
+        stepper.reorder(rows, kept)
 
     tokens = pool_seqs[:, :n_best]
     length = int((tokens != cfg.pad_id).sum(-1).max())

@@ -29,13 +29,15 @@ def output_limits(
 def next_token_log_probs(
     model: Transformer, logits: torch.Tensor, step: int, limits: torch.Tensor, min_len: int
 ) -> torch.Tensor:
-    """log softmax of the next token (N, V) for output position `step` (0-based).
+    """log softmax of the next token (N, V) for output position `step` (0-based), written
+    over `logits` when they are fp32 (the decoders' own step output: a copy would cost more).
 
     PAD and BOS are never outputs; EOS is forbidden before `min_len` tokens and is the
     only choice at a row's length limit (the limit wins over `min_len`).
     """
     cfg = model.config
-    logp = logits.float().log_softmax(dim=-1)
+    logp = logits.float().contiguous()
+    torch.log_softmax(logp, dim=-1, out=logp)
     eos_logp = logp[:, cfg.eos_id].clone()
     logp[:, cfg.pad_id] = float("-inf")
     logp[:, cfg.bos_id] = float("-inf")
@@ -67,8 +69,8 @@ def greedy_search(
     cfg = model.config
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
-    stepper = make_stepper(model, memory, src_mask, use_cache)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)
+    stepper = make_stepper(model, memory, src_mask, use_cache, steps=int(limits.max()))
     out = src.new_full((B, int(limits.max())), cfg.pad_id)
     scores = torch.zeros(B, device=device)
     alive = torch.arange(B, device=device)  # original rows still decoding
@@ -84,7 +86,7 @@ def greedy_search(
                 out = out[:, : step + 1]
                 break
             keep = going.nonzero()[:, 0]
-            stepper.reorder(keep, memory=True)
+            stepper.reorder(keep, keep)
             alive, best = alive[keep], best[keep]
         last = best
     return (out, scores) if with_scores else out

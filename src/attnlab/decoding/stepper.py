@@ -17,29 +17,28 @@ from ..model import Transformer
 class CachedStepper:
     """Each step embeds one position and attends to the cached keys/values: O(t) per step.
 
-    `repeat` gives every sentence that many rows (beam search's K beams); the encoder output
-    is projected to keys/values once per sentence and only then repeated.
+    `repeat` gives every sentence that many rows (beam search's K beams); the encoder's
+    keys/values stay one copy per sentence (cross-attention groups a sentence's rows).
     """
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1):
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1,
+                 steps: int | None = None):  # fmt: skip
         self.model = model
-        self.cache = model.start_decoding(memory, src_mask)
-        if repeat > 1:
-            self.cache.memory_kv = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
-                                    for k, v in self.cache.memory_kv]  # fmt: skip
-            self.cache.src_mask = src_mask.repeat_interleave(repeat, 0)
+        self.cache = model.start_decoding(memory, src_mask, steps)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.decode_step(tokens, self.cache)  # (N,) -> (N, V)
 
-    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
-        self.cache.reorder(index, memory)
+    def reorder(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        """Keep decoder rows `rows`; `sentences` (indices into the current sentences) when some leave."""
+        self.cache.reorder(rows, sentences)
 
 
 class FullPrefixStepper:
     """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1):
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1,
+                 steps: int | None = None):  # fmt: skip
         memory, src_mask = memory.repeat_interleave(repeat, 0), src_mask.repeat_interleave(repeat, 0)
         self.model, self.memory, self.src_mask = model, memory, src_mask
         self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
@@ -48,12 +47,14 @@ class FullPrefixStepper:
         self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (N, t)
         return self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1]  # (N, V)
 
-    def reorder(self, index: torch.Tensor, memory: bool = False) -> None:
-        self.prefix = self.prefix.index_select(0, index)
-        if memory:
-            self.memory = self.memory.index_select(0, index)
-            self.src_mask = self.src_mask.index_select(0, index)
+    def reorder(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
+        self.prefix = self.prefix.index_select(0, rows)
+        if sentences is not None:  # the encoder output is repeated per row here: follow the rows
+            self.memory = self.memory.index_select(0, rows)
+            self.src_mask = self.src_mask.index_select(0, rows)
 
 
-def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool, repeat: int = 1):
-    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, repeat)
+def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool, repeat: int = 1,
+                 steps: int | None = None):  # fmt: skip
+    """`steps`: the most decoder steps to expect (the cache is sized for them)."""
+    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, repeat, steps)

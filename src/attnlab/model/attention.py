@@ -80,13 +80,25 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("cached self-attention takes one new position at a time")
             k, v = cache.append(k, v)
             causal = False
-        return self.attend(q, k, v, mask, causal)
+        return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, causal)))
 
     def cross_attention(
         self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Decoder queries attend to the encoder's keys and values: (B, T, d_model) -> (B, T, d_model)."""
-        return self.attend(self.project_query(x), *memory_kv, mask, False)
+        """Decoder queries attend to the encoder's keys and values: (B, T, d_model) -> (B, T, d_model).
+
+        When x has G rows per encoder row (beam search: a sentence's beams, one new position
+        each), a sentence's G queries attend together to its one copy of the keys and values.
+        """
+        q, (k, v) = self.project_query(x), memory_kv
+        B, G = q.size(0), q.size(0) // k.size(0)
+        if G == 1:
+            return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, False)))
+        if q.size(2) != 1 or G * k.size(0) != B:
+            raise ValueError(f"{B} query rows do not group into {k.size(0)} sentences of one position each")
+        q = q.view(-1, G, self.n_heads, self.d_k).transpose(1, 2)  # (A, h, G, d_k): beams as positions
+        out = self.attend(q, k, v, mask, False).transpose(1, 2)  # (A, G, h, d_k)
+        return self.out_proj(out.reshape(B, 1, self.n_heads * self.d_k))
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
@@ -96,18 +108,21 @@ class MultiHeadAttention(nn.Module):
         w, b = self.in_proj.weight, self.in_proj.bias
         k = self.split_heads(F.linear(key, w[d : 2 * d], b[d : 2 * d]))
         v = self.split_heads(F.linear(value, w[2 * d :], b[2 * d :]))
-        return self.attend(self.project_query(query), k, v, mask, False)
+        return self.out_proj(self.merge_heads(self.attend(self.project_query(query), k, v, mask, False)))
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
     ) -> torch.Tensor:
-        # q: (B, h, Tq, d_k); k, v: (B, h, Tk, d_k); mask broadcastable to (B, h, Tq, Tk)
+        """softmax(Q K^T / sqrt(d_k)) V per head: q (B, h, Tq, d_k); k, v (B, h, Tk, d_k);
+        mask broadcastable to (B, h, Tq, Tk) -> (B, h, Tq, d_k), the heads not yet concatenated."""
         p = self.attention_dropout if self.training else 0.0
         if self.keep_weights:
             weights = attention_weights(q, k, mask, causal)
             self.weights = weights.detach()
-            out = F.dropout(weights, p) @ v
-        else:
-            # Fast path: fused kernel (flash / memory-efficient on GPU, fused on CPU).
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        return self.out_proj(self.merge_heads(out))  # (B, Tq, d_model)
+            return F.dropout(weights, p) @ v
+        if q.size(-2) == 1 and not causal and p == 0.0:
+            # One query per head (a decoding step): two small matmuls cost less than the
+            # fused kernel's set-up (docs/performance.md).
+            return attention_weights(q, k, mask, False) @ v
+        # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)

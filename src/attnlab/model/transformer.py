@@ -85,9 +85,12 @@ class Transformer(nn.Module):
         return self.decode(tgt_in, memory, src_mask)  # (B, T, V)
 
     # -- incremental decoding -----------------------------------------------------------
-    def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor) -> DecoderCache:
-        """Project the encoder output to keys/values once; the decoder steps reuse them."""
-        return DecoderCache(self.decoder.project_memory(memory), src_mask)
+    def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor, capacity: int | None = None) -> DecoderCache:
+        """Project the encoder output to keys/values once; the decoder steps reuse them.
+        `capacity`: the most steps expected (default model.max_len); more still work."""
+        # Contiguous (B, h, S, d_k), so every step's matmuls read them without a copy.
+        memory_kv = [(k.contiguous(), v.contiguous()) for k, v in self.decoder.project_memory(memory)]
+        return DecoderCache(memory_kv, src_mask, capacity or self.config.max_len)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """The newest target token of each row (B,) -> next-token logits (B, V); grows the cache."""
