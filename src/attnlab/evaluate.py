@@ -25,6 +25,7 @@ from .data.datamodule import TranslationDataModule
 from .data.text import CorpusError, read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .metrics import corpus_scores, exact_match, signatures
+from .runtime import keep_freed_memory
 from .translate import ERRORS, check_sentences, decode_settings
 
 log = logging.getLogger("attnlab")
@@ -146,6 +147,7 @@ def print_results(metrics: dict, results: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     try:
         return evaluate(cfg)["bleu"]
     except ERRORS as err:

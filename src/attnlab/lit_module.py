@@ -17,23 +17,9 @@ from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, tokenizer_from_state
 from .decoding import decode
 from .decoding.batch import content
+from .loss import label_smoothed_nll
 from .model import Transformer, TransformerConfig
 from .schedule import learning_rate
-
-
-def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float, pad_id: int):
-    """-> (loss, nll, correct, n_tokens), sums over non-pad target tokens.
-
-    loss = (1 - eps) * NLL + eps * mean over the vocabulary of -log p (Szegedy et al. 2016,
-    as torch's label_smoothing); one log_softmax serves both the loss and the perplexity.
-    """
-    logp = logits.float().log_softmax(dim=-1)  # (B, T, V)
-    real = target != pad_id
-    nll = -logp.gather(-1, target[..., None])[..., 0]
-    smooth = -logp.mean(dim=-1)
-    loss = ((1 - epsilon) * nll + epsilon * smooth)[real].sum()
-    correct = (logp.argmax(-1) == target)[real].sum()
-    return loss, nll[real].sum(), correct, real.sum()
 
 
 class TranslationModule(L.LightningModule):
@@ -174,9 +160,7 @@ class TranslationModule(L.LightningModule):
         d_model = self.model.config.d_model
 
         def rate(step: int) -> float:  # LambdaLR multiplies the base lr (1.0) by this
-            return learning_rate(
-                step + 1, o["schedule"], o["lr"], o["warmup_steps"], d_model, o["lr_scale"], total
-            )
+            return learning_rate(step + 1, o["schedule"], o["lr"], o["warmup_steps"], d_model, o["lr_scale"], total)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

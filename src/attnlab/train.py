@@ -20,6 +20,7 @@ from .jobs import run_job
 from .lit_module import TranslationModule
 from .loggers import configure_loggers, finish_wandb, log_final, log_run_config
 from .resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
+from .runtime import keep_freed_memory
 from .suggest import with_suggestions
 from .summary import print_examples, print_summary
 
@@ -118,6 +119,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     """Returns the metric an Optuna sweep optimises. `run_job` writes result.json; in a multirun it
     records a failed job instead of raising, so one bad job never stops the sweep."""
+    keep_freed_memory()
     try:
         prepare_resume(cfg)  # before run_job, so its result.json lands in the run being resumed
         return run_job(cfg, train)

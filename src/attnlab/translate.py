@@ -24,6 +24,7 @@ from .cli import USER_ERRORS, explain_and_exit
 from .config import ConfigError
 from .data.text import CorpusError, read_lines
 from .decoding.batch import fit_sources, translate_ids
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("attnlab")
 ERRORS = (*USER_ERRORS, CheckpointError)
@@ -128,6 +129,7 @@ def translate(cfg: DictConfig) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="translate")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     try:
         translate(cfg)
     except ERRORS as err:

@@ -27,7 +27,7 @@ def output_limits(
 
 
 def next_token_log_probs(
-    model: Transformer, logits: torch.Tensor, step: int, limits: torch.Tensor, min_len: int
+    model: Transformer, logits: torch.Tensor, step: int, limits: torch.Tensor, min_len: int, normalize: bool = True
 ) -> torch.Tensor:
     """log softmax of the next token (N, V) for output position `step` (0-based), written
     over `logits` when they are fp32 (the decoders' own step output: a copy would cost more).
@@ -37,7 +37,8 @@ def next_token_log_probs(
     """
     cfg = model.config
     logp = logits.float().contiguous()
-    torch.log_softmax(logp, dim=-1, out=logp)
+    if normalize:
+        torch.log_softmax(logp, dim=-1, out=logp)
     eos_logp = logp[:, cfg.eos_id].clone()
     logp[:, cfg.pad_id] = float("-inf")
     logp[:, cfg.bos_id] = float("-inf")
@@ -76,10 +77,11 @@ def greedy_search(
     alive = torch.arange(B, device=device)  # original rows still decoding
     last = src.new_full((B,), cfg.bos_id)
     for step in range(out.size(1)):
-        logp = next_token_log_probs(model, stepper.step(last), step, limits[alive], min_len)
+        logp = next_token_log_probs(model, stepper.step(last), step, limits[alive], min_len, with_scores)
         best_logp, best = logp.max(dim=-1)  # (A,)
         out[alive, step] = best
-        scores[alive] += best_logp
+        if with_scores:
+            scores[alive] += best_logp
         going = best != cfg.eos_id
         if not going.all():
             if not going.any():

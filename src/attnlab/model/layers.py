@@ -10,6 +10,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import TransformerConfig
+from .dropout import Dropout
 from .positional import NoRotation, Rotary
 
 
@@ -36,7 +37,7 @@ class SublayerConnection(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm: str, residual: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = norm == "pre"
         self.residual = residual
 

@@ -12,6 +12,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .cache import DecoderCache
 from .config import TransformerConfig
+from .dropout import Dropout
 from .layers import Decoder, Encoder
 from .positional import EMBEDDING_POSITIONS
 
@@ -23,7 +24,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.token = token
         self.position = EMBEDDING_POSITIONS[cfg.positional](cfg.d_model, cfg.max_len)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.d_model)
 
     def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:

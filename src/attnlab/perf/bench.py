@@ -23,6 +23,7 @@ from ..cli import USER_ERRORS, explain_and_exit
 from ..config import ConfigError
 from ..metadata import cpu_model
 from ..model import TransformerConfig
+from ..runtime import keep_freed_memory
 from . import config as bench_config
 from . import results as res
 from .flops import GemmSuite, total_flops, train_gemms
@@ -157,6 +158,7 @@ def bench(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     try:
         bench(cfg)
     except USER_ERRORS as err:

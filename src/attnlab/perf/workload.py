@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lit_module import label_smoothed_nll
+from ..loss import label_smoothed_nll
 from ..model import TransformerConfig
 from .peers import System
 
