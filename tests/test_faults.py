@@ -126,17 +126,20 @@ main()
 """
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process loader", "loader with a worker"])
 def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run(
-    tmp_path, reference, monkeypatch, capsys
+    workers, tmp_path, reference, monkeypatch, capsys
 ):
     """SIGKILL lands halfway through writing the step-20 checkpoint (epoch 1, batch 8): last.ckpt is
     still the complete step-16 one, and `resume=true` continues from it (mid-epoch: 4 batches done)
-    to the very weights and losses of the uninterrupted run."""
+    to the very weights and losses of the uninterrupted run. With a worker process the loader has
+    drawn (and prefetched) its batches before the state is restored: the same result is required."""
     log_dir = tmp_path / "out"
     log_dir.mkdir()
     (tmp_path / "dying_save.py").write_text(DYING_SAVE)
+    run_args = [*TINY, f"data.num_workers={workers}"]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "DIE_SAVING_STEP": "20"}
-    killed = subprocess.run([sys.executable, str(tmp_path / "dying_save.py"), *TINY, f"paths.log_dir={log_dir}"],
+    killed = subprocess.run([sys.executable, str(tmp_path / "dying_save.py"), *run_args, f"paths.log_dir={log_dir}"],
                             env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = the_run(log_dir)
@@ -149,7 +152,7 @@ def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run
     assert last["callbacks"]["LoaderStateCheckpoint"]["loader"] == {"epoch": 1, "batches_done": 4}
 
     # The same command plus resume=true finds the killed run by its overrides and continues it in place.
-    code, err = train(log_dir, *TINY, "resume=true", monkeypatch=monkeypatch, capsys=capsys)
+    code, err = train(log_dir, *run_args, "resume=true", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, err
     assert the_run(log_dir) == run
     assert not list((run / "checkpoints").glob(".*.tmp"))

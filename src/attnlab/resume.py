@@ -124,6 +124,11 @@ class LoaderStateCheckpoint(L.Callback):
         loader = trainer.train_dataloader
         if state is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(state)
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            if getattr(loader, "num_workers", 0) > 0 and fetcher is not None:
+                # A loader with workers draws (and prefetches) its order as soon as its iterator
+                # exists, and Lightning created it before this hook: start it again from the state.
+                iter(fetcher)
 
 
 def checkpoint_step(ckpt: Path) -> int:

@@ -1,10 +1,11 @@
 """A DataLoader that a run killed mid-epoch resumes exactly where it stopped.
 
 Lightning restores its step counters from a checkpoint, but a plain map-style loader would
-replay the restarted epoch from its first batch. Lightning saves `state_dict()` of any loader
-that has one in the checkpoint and calls `load_state_dict()` on a mid-epoch restart; here the
-state is (epoch, batches already consumed), so the resumed epoch has the same order (the
-token-bucket sampler shuffles from (seed, epoch)) and skips the batches already trained on.
+replay the restarted epoch from its first batch. The state here is (epoch, batches already
+trained on); `resume.LoaderStateCheckpoint` saves it in the checkpoint and hands it back through
+`load_state_dict()` at `on_train_start` (Lightning itself does not), so the resumed epoch has the
+same order (the token-bucket sampler shuffles from (seed, epoch)) and skips the batches already
+trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class SkippingBatchSampler(Sampler):
 
     The order is computed on the first `next()`, not on `iter()`: Lightning creates the
     iterator before it calls `set_epoch`, so an eager order would be the previous epoch's.
+    (A loader with workers asks for batches as soon as its iterator exists; on a resume,
+    `LoaderStateCheckpoint` creates that iterator again after restoring the state.)
     """
 
     def __init__(self, batch_sampler: Sampler):
