@@ -101,6 +101,12 @@ def test_bench_with_marian(tmp_path):
     check_results(bench.bench(cfg), ["attnlab", "torch", "marian"])
 
 
+def test_a_switch_marian_lacks_is_a_config_error_with_the_way_out():
+    pytest.importorskip("transformers")
+    with pytest.raises(ConfigError, match=r"norm=post .*systems=\[attnlab,torch\]"):
+        bench.run_benchmark(compose_bench("systems=[attnlab,torch,marian]", "model.norm=pre"))
+
+
 def test_median_drops_warmup_and_is_the_middle_value():
     ticks = iter([9.0, 3.0, 1.0, 2.0, 100.0, 5.0, 6.0, 4.0])
     out = interleaved_medians({"a": lambda: next(ticks), "b": lambda: next(ticks)}, warmup=1, repeats=3)

@@ -271,6 +271,39 @@ def test_failing_jobs_do_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
+def test_a_sweep_job_whose_checkpoint_does_not_fit_is_recorded_and_the_others_run(
+    tmp_path, reference, monkeypatch, capsys
+):
+    """`-m ckpt_path=... model.d_model=64,32`: the d_model=32 job cannot continue that checkpoint. It is
+    recorded as failed with the reason, and the d_model=64 job still runs (one bad job never ends a sweep)."""
+    ckpt = reference / "checkpoints" / "last.ckpt"
+    code, err = train(tmp_path / "out", "-m", *TINY, f"ckpt_path={ckpt}", "trainer.max_epochs=3",
+                      "model.d_model=64,32", monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    assert code == 1, err
+    sweep = next((tmp_path / "out" / "train" / "multiruns").glob("2*"))
+    results = [json.loads((sweep / str(job) / "result.json").read_text()) for job in (0, 1)]
+    assert results[0]["status"] == "ok" and results[0]["steps"] == 3 * STEPS_PER_EPOCH  # continued to epoch 3
+    assert results[1]["status"] == "failed"
+    assert "it was trained with model.d_model=64" in results[1]["error"]
+    assert "1 ok, 1 failed" in err
+
+
+def test_reporting_that_fails_after_the_results_are_saved_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
+    """A full disk under TensorBoard or a W&B outage after metrics.json is written: a warning, exit 0."""
+    import attnlab.train
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(attnlab.train, "log_final", broken)
+    code, err = train(tmp_path / "out", *TINY, "trainer.max_epochs=1", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    run = next((tmp_path / "out").glob("train/runs/*"))
+    assert json.loads((run / "result.json").read_text())["status"] == "ok"
+    assert json.loads((run / "metrics.json").read_text())["steps"] == STEPS_PER_EPOCH
+    assert "logging the final metrics failed (OSError" in (run / "train.log").read_text()
+
+
 # -- checkpoints: broken, foreign, old, malicious -----------------------------------------------------
 
 

@@ -153,7 +153,10 @@ def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]])
             traceback=traceback.format_exc(limit=-8),
             wall_time_s=round(time.perf_counter() - start, 2),
         )
-        _write_result(job_dir, result)
+        try:
+            _write_result(job_dir, result)
+        except OSError as write_err:  # e.g. the disk that failed the job: keep the job's own error
+            log.error("could not record job %s as failed in %s: %s", job_dir.name, RESULT_FILE, write_err)
         if not multirun:
             raise
         log.error("job %s failed: %s", job_dir.name, message)

@@ -139,14 +139,16 @@ def checkpoint_step(ckpt: Path) -> int:
 def check_resumable(cfg: DictConfig, ckpt: Path) -> None:
     """A clear ConfigError, before any training, for a checkpoint this run cannot continue from:
     unreadable (read_checkpoint's reasons) or trained with other `model.*` settings."""
-    key = (str(ckpt), ckpt.stat().st_mtime_ns)
-    if key in _checked:  # prepare_resume runs twice per run (main, then train): read the file once
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    # prepare_resume runs twice per run (main, then train): read the file once per model config
+    # (the jobs of a sweep from one checkpoint have different ones).
+    key = (str(ckpt), ckpt.stat().st_mtime_ns, repr(sorted(wanted.items())))
+    if key in _checked:
         return
     try:
         saved = (read_checkpoint(ckpt).get("hyper_parameters") or {}).get("model") or {}
     except CheckpointError as err:
         raise ConfigError(f"cannot resume: {err}") from None
-    wanted = OmegaConf.to_container(cfg.model, resolve=True)
     differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
     if differ:
         theirs = ", ".join(f"model.{k}={saved[k]}" for k in differ)

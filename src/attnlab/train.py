@@ -16,7 +16,7 @@ from . import faults, metadata, preflight
 from .cli import USER_ERRORS, explain_and_exit
 from .config import ConfigError, model_config, validate
 from .data.datamodule import TranslationDataModule
-from .jobs import run_job
+from .jobs import in_multirun, run_job
 from .lit_module import TranslationModule
 from .loggers import configure_loggers, finish_wandb, log_final, log_run_config
 from .resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
@@ -86,9 +86,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metadata.write_end(out_dir, "failed", error=f"{type(err).__name__}: {err}")
         finish_wandb(failed=True)
         raise
-    metadata.write_end(out_dir, "finished", metrics)
-    finish_wandb()
+    _best_effort("recording the end of the run", lambda: metadata.write_end(out_dir, "finished", metrics))
+    _best_effort("closing the W&B run", finish_wandb)
     return metrics
+
+
+def _best_effort(what: str, fn) -> None:
+    """After metrics.json is written the run has succeeded: reporting that fails (a full disk
+    under TensorBoard, a W&B outage) is a warning, never a failed run or a retrained sweep job."""
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - anything; the results are already saved
+        log.warning("%s failed (%s: %s); the results are in metrics.json", what, type(err).__name__, err)
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
@@ -108,8 +117,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics["parameters"] = module.model.num_parameters()
     metrics["steps"] = trainer.global_step
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    log_final(trainer.loggers, cfg, metrics)
-    print_examples(module, dm, "val", cfg.show_examples)
+    _best_effort("logging the final metrics", lambda: log_final(trainer.loggers, cfg, metrics))
+    _best_effort("printing examples", lambda: print_examples(module, dm, "val", cfg.show_examples))
     print_summary(metrics, out_dir)
     return metrics
 
@@ -121,7 +130,8 @@ def main(cfg: DictConfig) -> float | None:
     records a failed job instead of raising, so one bad job never stops the sweep."""
     keep_freed_memory()
     try:
-        prepare_resume(cfg)  # before run_job, so its result.json lands in the run being resumed
+        if not in_multirun():  # in a sweep, train() does it inside run_job: a bad job is recorded, not fatal
+            prepare_resume(cfg)  # before run_job, so its result.json lands in the run being resumed
         return run_job(cfg, train)
     except USER_ERRORS as err:
         explain_and_exit(err, "attnlab-train")

@@ -34,6 +34,10 @@ def next_token_log_probs(
 
     PAD and BOS are never outputs; EOS is forbidden before `min_len` tokens and is the
     only choice at a row's length limit (the limit wins over `min_len`).
+
+    `normalize=False` applies the same rules to the logits themselves and skips the log
+    softmax, for a caller that needs only the argmax (the softmax shifts a row by a constant):
+    the values returned are then logits, not log-probabilities.
     """
     cfg = model.config
     logp = logits.float().contiguous()

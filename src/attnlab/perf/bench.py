@@ -54,6 +54,9 @@ def build_systems(cfg: DictConfig, model_cfg: TransformerConfig, device: torch.d
         except ImportError as err:
             log.warning("skipping %s: %s", name, err)
             continue
+        except ConfigError as err:  # e.g. model.norm=pre: Marian has no such switch
+            others = ",".join(n for n in cfg.systems if n != name)
+            raise ConfigError(f"{err}; compare without it: systems=[{others}]") from None
         systems[name].model.to(device)
     if cfg.compile:
         torch.manual_seed(cfg.seed)

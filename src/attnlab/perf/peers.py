@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..decoding import beam_search, greedy_search
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
@@ -142,7 +143,7 @@ class MarianSystem(System):
         except ImportError as err:
             raise ImportError("the marian peer needs transformers: pip install 'attnlab[bench]'") from err
         if cfg.src_vocab_size != cfg.tgt_vocab_size or cfg.norm != "post" or cfg.positional != "sinusoidal":
-            raise ValueError("the marian peer needs a shared vocabulary, norm=post and positional=sinusoidal")
+            raise ConfigError("the marian peer needs a shared vocabulary, norm=post and positional=sinusoidal")
         self.model = MarianMTModel(
             MarianConfig(
                 vocab_size=cfg.src_vocab_size,
