@@ -467,3 +467,20 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "not enough free disk space" in err and "20 MiB free" in err and "need at least 100 MiB" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_only_temporary_checkpoints_of_dead_writers_count_as_stale(tmp_path):
+    """Resuming clears the `.last.ckpt.<pid>.tmp` a kill left behind, never the save in progress of
+    a run still training into the same folder."""
+    from attnlab.resume import _writer_alive
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    try:
+        assert _writer_alive(tmp_path / f".last.ckpt.{alive.pid}.tmp")
+        assert not _writer_alive(tmp_path / f".last.ckpt.{finished.pid}.tmp")
+        assert not _writer_alive(tmp_path / f".last.ckpt.{os.getpid()}.tmp")  # this process: not saving now
+        assert not _writer_alive(tmp_path / ".last.ckpt.tmp")
+    finally:
+        alive.kill()

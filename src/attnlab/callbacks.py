@@ -47,8 +47,9 @@ class SampleTranslations(L.Callback):
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.loggers:
-            return
+        shows_text = any(isinstance(lg, (WandbLogger, TensorBoardLogger)) for lg in trainer.loggers)
+        if trainer.sanity_checking or not shows_text:
+            return  # only W&B and TensorBoard show text: do not decode for a CSV file
         first = _first_examples(trainer, self.n)
         if first is None:
             return

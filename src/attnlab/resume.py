@@ -85,7 +85,12 @@ class RandomStateCheckpoint(L.Callback):
         torch.set_rng_state(state["torch"])
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            saved, here = state["cuda"], torch.cuda.device_count()
+            if len(saved) != here:
+                log.warning("the checkpoint has the RNG states of %d GPUs, this process sees %d: "
+                            "dropout will not repeat the interrupted run's masks exactly", len(saved), here)
+            for device, rng in enumerate(saved[:here]):
+                torch.cuda.set_rng_state(rng, device)
 
 
 class LoaderStateCheckpoint(L.Callback):
@@ -129,6 +134,20 @@ class LoaderStateCheckpoint(L.Callback):
                 # A loader with workers draws (and prefetches) its order as soon as its iterator
                 # exists, and Lightning created it before this hook: start it again from the state.
                 iter(fetcher)
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process named in a `.{name}.{pid}.tmp` file (AtomicCheckpointIO) still runs here."""
+    pid = tmp.name.rsplit(".", 2)[-2]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -208,7 +227,8 @@ def prepare_resume(cfg: DictConfig) -> Path | None:
         if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != here and cfg.get("resume"):
             cfg.paths.output_dir = str(ckpt.parent.parent)
     for stale in ckpt.parent.glob(".*.tmp"):  # a save interrupted by a kill
-        stale.unlink(missing_ok=True)
+        if not _writer_alive(stale):  # not the save in progress of a run still training there
+            stale.unlink(missing_ok=True)
     check_resumable(cfg, ckpt)
     return ckpt
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model import TransformerConfig
+from .measure import sync
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,10 @@ class GemmSuite:
         for g, (a, b, out) in self.buffers.items():
             fastest = float("inf")
             for _ in range(self.tries):
-                _sync(self.device)
+                sync(self.device)
                 start = time.perf_counter()
                 torch.bmm(a, b, out=out)
-                _sync(self.device)
+                sync(self.device)
                 fastest = min(fastest, time.perf_counter() - start)
             total += fastest * self.gemms[g]
         return total
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

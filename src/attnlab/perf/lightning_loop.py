@@ -65,7 +65,8 @@ def lightning_overhead(
         for message in ("does not have many workers", "no `val_dataloader`", "logging interval", "LeafSpec"):
             warnings.filterwarnings("ignore", f".*{message}.*")
         quiet = logging.getLogger("lightning.pytorch")
-        level, quiet.level = quiet.level, logging.WARNING
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
         try:
             trainer = L.Trainer(
                 accelerator=device.type,
@@ -83,7 +84,7 @@ def lightning_overhead(
             )
             trainer.fit(module, train_dataloaders=loader)
         finally:
-            quiet.level = level
+            quiet.setLevel(level)
     lightning_s = statistics.median(timer.lightning_s[warmup:])
     bare_s = statistics.median(timer.bare_s[warmup : warmup + len(timer.lightning_s[warmup:])])
     return {"lightning_step_s": lightning_s, "bare_step_s": bare_s, "overhead": lightning_s / bare_s - 1.0}
