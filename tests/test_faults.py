@@ -27,6 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from attnlab import runlog
 from attnlab.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from attnlab.report_data import find_run_dirs
 from attnlab.train import main
 
 pytestmark = pytest.mark.faults
@@ -157,6 +158,12 @@ def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run
     assert the_run(log_dir) == run
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert_same_training(run, reference)
+    # The directory Hydra made for the resuming command names the run it continued, and the
+    # report lists the run once, not that empty shell as a second, unfinished run.
+    (shell,) = [d for d in (log_dir / "train" / "runs").iterdir() if d != run]
+    assert (shell / "resumed_into.txt").read_text().strip() == str(run)
+    assert find_run_dirs([log_dir / "train" / "runs"]) == [run.resolve()]
+    assert find_run_dirs([shell]) == [run]
 
 
 @pytest.mark.slow

@@ -31,6 +31,9 @@ from . import runlog
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
+# Left in the directory Hydra made for a `resume=true` run that continued an earlier run instead:
+# it names that run, and attnlab-report does not list the directory as a run of its own.
+RESUMED_INTO = "resumed_into.txt"
 # Metrics that must be finite for a run to count as trained (a NaN here means it diverged).
 LOSSES = ("train/loss", "train/loss_epoch", "val/loss")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import runlog
-from .jobs import RESULT_FILE, read_result
+from .jobs import RESULT_FILE, RESUMED_INTO, read_result
 
 # Keys that say where a run went, not what it was; never an ablation axis.
 NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")
@@ -70,10 +70,13 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         path = Path(given).resolve()  # follows `multiruns/latest`
         if not path.is_dir():
             raise FileNotFoundError(f"{given}: no such directory (give a sweep or run directory)")
+        if (path / RESUMED_INTO).is_file():  # a resume=true shell: the run it continued holds the results
+            path = Path((path / RESUMED_INTO).read_text().strip())
         if (path / ".hydra").is_dir() or (path / RESULT_FILE).is_file():
             found.append(path)
             continue
-        runs = sorted({p.parent.resolve() for p in path.glob("**/.hydra")}, key=_run_order)  # `latest` links twice
+        shells = {p.parent.resolve() for p in path.glob(f"**/{RESUMED_INTO}")}
+        runs = sorted({p.parent.resolve() for p in path.glob("**/.hydra")} - shells, key=_run_order)  # `latest` twice
         if not runs:
             raise FileNotFoundError(f"{given}: no runs found (no */.hydra/ directories under it)")
         found.extend(runs)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import ConfigError
+from .jobs import RESUMED_INTO
 
 log = logging.getLogger("attnlab")
 LAST = "last.ckpt"
@@ -226,6 +227,8 @@ def prepare_resume(cfg: DictConfig) -> Path | None:
         cfg.ckpt_path = str(ckpt)
         if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != here and cfg.get("resume"):
             cfg.paths.output_dir = str(ckpt.parent.parent)
+            if here.is_dir():
+                (here / RESUMED_INTO).write_text(f"{ckpt.parent.parent}\n")
     for stale in ckpt.parent.glob(".*.tmp"):  # a save interrupted by a kill
         if not _writer_alive(stale):  # not the save in progress of a run still training there
             stale.unlink(missing_ok=True)
