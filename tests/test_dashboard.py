@@ -280,3 +280,26 @@ def test_csv_logger_keeps_columns_another_process_wrote(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[0]["train/loss"] == "2.0" and rows[0]["val/loss"] == "1.5"
     assert rows[1]["test/loss"] == "1.4" and set(rows[1]) == {"step", "train/loss", "val/loss", "test/loss"}
+
+
+def test_a_resume_from_other_code_keeps_the_starts_diff(tmp_path, monkeypatch):
+    """Started with local edits A, resumed after edits B: git.diff stays A, the resume's diff is B."""
+    from omegaconf import OmegaConf
+
+    from attnlab import metadata
+
+    diff = {"text": "edit A\n"}
+
+    def fake_git(*args, cwd):
+        return {"rev-parse": "abc123\n", "status": " M model.py\n", "diff": diff["text"]}[args[0]]
+
+    monkeypatch.setattr(metadata, "_git", fake_git)
+    cfg = OmegaConf.create({"seed": 1})
+    metadata.write_start(tmp_path, cfg)
+    metadata.write_end(tmp_path, "failed", error="killed")
+    diff["text"] = "edit B\n"
+    record = metadata.write_start(tmp_path, cfg, resumed_from=str(tmp_path / "last.ckpt"))
+    assert (tmp_path / "git.diff").read_text() == "edit A\n"
+    assert record["git"]["diff"] == "git.diff"
+    assert record["resumes"][0]["git"]["diff"] == "git.resume-1.diff"
+    assert (tmp_path / "git.resume-1.diff").read_text() == "edit B\n"

@@ -46,8 +46,10 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def git_state(run_dir: Path, code_dir: Path = Path(__file__).resolve().parent) -> dict[str, Any]:
-    """Revision of the repository the attnlab code runs from; a dirty tree's diff goes to git.diff."""
+def git_state(
+    run_dir: Path, code_dir: Path = Path(__file__).resolve().parent, diff_name: str = DIFF_FILE
+) -> dict[str, Any]:
+    """Revision of the repository the attnlab code runs from; a dirty tree's diff goes to `diff_name`."""
     revision = _git("rev-parse", "HEAD", cwd=code_dir)
     if revision is None:
         return {"revision": None, "dirty": None, "diff": None, "note": "attnlab is not running from a git checkout"}
@@ -59,8 +61,8 @@ def git_state(run_dir: Path, code_dir: Path = Path(__file__).resolve().parent) -
         untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
         if untracked:
             diff += "\n# untracked files (not in the diff):\n" + "".join(f"#   {p}\n" for p in untracked)
-        (run_dir / DIFF_FILE).write_text(diff)
-        diff_file = DIFF_FILE
+        (run_dir / diff_name).write_text(diff)
+        diff_file = diff_name
     return {
         "revision": revision.strip(),
         "branch": (_git("rev-parse", "--abbrev-ref", "HEAD", cwd=code_dir) or "").strip() or None,
@@ -128,8 +130,10 @@ def write_start(run_dir: str | Path, cfg: DictConfig, resumed_from: str | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read(run_dir)
     if previous is not None and resumed_from:
-        previous.setdefault("resumes", []).append(
-            {"started": _now(), "from_checkpoint": resumed_from, "git": git_state(run_dir),
+        resumes = previous.setdefault("resumes", [])
+        diff_name = f"git.resume-{len(resumes) + 1}.diff"  # the run's own git.diff stays the start's
+        resumes.append(
+            {"started": _now(), "from_checkpoint": resumed_from, "git": git_state(run_dir, diff_name=diff_name),
              "command": sys.argv, "hydra_dir": _hydra_dir()}
         )
         previous.update(status="running", finished=None)
