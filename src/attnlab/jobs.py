@@ -103,7 +103,7 @@ def _summarise(job_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
         "metrics": {"final": final, "best": runlog.best_values(rows)},
         "parameters": int(metrics.get("parameters", 0)),
         # under ddp_spawn the launching process's trainer never steps: the log has the count
-        "steps": int(metrics.get("steps") or max((r["step"] for r in rows if "step" in r), default=0)),
+        "steps": int(metrics.get("steps") or runlog.last_step(rows) or 0),
         "tokens_per_sec": runlog.mean_of(rows, "train/tokens_per_sec"),
     }
 

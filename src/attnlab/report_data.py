@@ -63,6 +63,12 @@ class Row:
         return [f"{j.label}: {' '.join(j.error.split())}" for j in self.jobs if j.error]  # one line each
 
 
+def quality_column(cols, default: str | None = None) -> str | None:
+    """The validation metric that says how good a run is: the first `val/*` column that is neither
+    loss nor perplexity (exact match on the synthetic tasks, BLEU on real text)."""
+    return next((c for c, _ in cols if c.startswith("val/") and c not in ("val/loss", "val/ppl")), default)
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Every run directory (one holding `.hydra/` or `result.json`) given or found under the paths."""
     found: list[Path] = []
@@ -136,7 +142,7 @@ def _values(result: dict, rows: list[dict[str, float]]) -> dict[str, float]:
         values["train/loss"] = values["train/loss_epoch"]
     if "train/nll" in values:  # perplexity as val/ppl is computed: exp of the unsmoothed NLL
         values["train/ppl"] = math.exp(min(values["train/nll"], 50.0))
-    steps = result.get("steps") or max((int(r["step"]) for r in rows if "step" in r), default=None)
+    steps = result.get("steps") or runlog.last_step(rows)
     run = {"parameters": result.get("parameters"), "steps": steps, "time_s": result.get("wall_time_s")}
     for key, value in run.items():
         if value:

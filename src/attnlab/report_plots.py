@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import runlog  # noqa: E402
-from .report_data import SEED, Job, Row, axis_value  # noqa: E402
+from .report_data import SEED, Job, Row, axis_value, quality_column  # noqa: E402
 
 
 def _label(job: Job, keys: list[str]) -> str:
@@ -64,7 +64,7 @@ def metric_vs_axis(rows: list[Row], keys: list[str], axis: str, metric: str, pat
 
 
 def plot_all(jobs: list[Job], keys: list[str], rows: list[Row], cols, out: Path) -> dict[str, Path]:
-    quality = next((c for c, _ in cols if c.startswith("val/") and c not in ("val/loss", "val/ppl")), None)
+    quality = quality_column(cols)
     files = {"curves": curves(jobs, keys, ["val/loss"] + ([quality] if quality else []), out / "curves.png")}
     for axis in (k for k in keys if k != SEED):
         for metric in filter(None, (quality, "val/loss")):

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .paper_table3 import BY_NAME, ROWS, paper_deltas, reproduces
-from .report_data import Row
+from .report_data import Row, quality_column
 
 HEAD = ["row", "change (paper)", "paper ppl", "paper BLEU", "paper Δppl", "paper ΔBLEU",
         "our ppl", "our QUALITY", "our Δppl", "our ΔQUALITY", "ppl reproduces", "BLEU reproduces"]
@@ -52,7 +52,7 @@ def _cells(line: list) -> list[str]:
 
 
 def table3_report(rows: list[Row], cols, out: Path, console: Console) -> dict[str, Path]:
-    quality = next((c for c, _ in cols if c.startswith("val/") and c not in ("val/loss", "val/ppl")), "val/bleu")
+    quality = quality_column(cols, "val/bleu")
     name = quality.split("/")[-1]
     head = [h.replace("QUALITY", name) for h in HEAD]
     data = comparison(rows, quality)

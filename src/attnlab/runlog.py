@@ -60,6 +60,11 @@ def best_values(rows: list[dict[str, float]], prefix: str = "val/") -> dict[str,
     return best
 
 
+def last_step(rows: list[dict[str, float]]) -> int | None:
+    """The largest training step the log reached (None for an empty log)."""
+    return max((int(r["step"]) for r in rows if "step" in r), default=None)
+
+
 def mean_of(rows: list[dict[str, float]], key: str) -> float | None:
     values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
     return sum(values) / len(values) if values else None
