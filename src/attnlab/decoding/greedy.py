@@ -6,6 +6,7 @@ import torch
 
 from ..model import Transformer
 from .stepper import make_stepper
+from .topk import topk
 
 
 def output_limits(
@@ -82,7 +83,7 @@ def greedy_search(
     last = src.new_full((B,), cfg.bos_id)
     for step in range(out.size(1)):
         logp = next_token_log_probs(model, stepper.step(last), step, limits[alive], min_len, with_scores)
-        best_logp, best = logp.max(dim=-1)  # (A,)
+        best_logp, best = (t[:, 0] for t in topk(logp, 1))  # (A,): max() with indices costs 10x more on CPU
         out[alive, step] = best
         if with_scores:
             scores[alive] += best_logp
