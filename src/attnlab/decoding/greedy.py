@@ -76,8 +76,9 @@ def greedy_search(
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)
-    stepper = make_stepper(model, memory, src_mask, use_cache, steps=int(limits.max()))
-    out = src.new_full((B, int(limits.max())), cfg.pad_id)
+    L = int(limits.max())
+    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L)
+    out = src.new_full((B, L), cfg.pad_id)
     scores = torch.zeros(B, device=device)
     alive = torch.arange(B, device=device)  # original rows still decoding
     last = src.new_full((B,), cfg.bos_id)
