@@ -182,7 +182,7 @@ class DiskFullError(ConfigError):
 
 
 class InjectNonFinite(Callback):
-    """Fault injection: multiply the model's output by NaN (or inf) in the training step `step`.
+    """Fault injection: multiply the decoder's output by NaN (or inf) in the training step `step`.
 
     `attnlab-train +callbacks.inject._target_=attnlab.faults.InjectNonFinite +callbacks.inject.step=5`
     """
@@ -200,7 +200,7 @@ class InjectNonFinite(Callback):
             handle.remove()
             return output * self.value
 
-        handle = pl_module.model.register_forward_hook(poison)
+        handle = pl_module.model.decoder.register_forward_hook(poison)
 
 
 class InjectSignal(Callback):

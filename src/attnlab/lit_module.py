@@ -17,7 +17,6 @@ from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, tokenizer_from_state
 from .decoding import decode
 from .decoding.batch import content
-from .loss import label_smoothed_nll
 from .model import Transformer, TransformerConfig
 from .schedule import learning_rate
 
@@ -57,9 +56,8 @@ class TranslationModule(L.LightningModule):
 
     # -- steps ----------------------------------------------------------------------------
     def _shared_step(self, batch, stage: str):
-        logits = self.model(batch["src"], batch["tgt_in"])
-        loss, nll, correct, n = label_smoothed_nll(
-            logits, batch["tgt_out"], self.optim["label_smoothing"], self.model.config.pad_id
+        loss, nll, correct, n = self.model.loss(
+            batch["src"], batch["tgt_in"], batch["tgt_out"], self.optim["label_smoothing"]
         )
         n_f = n.float()
         if stage == "train" and not torch.isfinite(loss):

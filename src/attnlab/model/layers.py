@@ -42,10 +42,10 @@ class SublayerConnection(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        skip = x if self.residual else 0.0
+        skip = x if self.residual else None
         if self.pre_norm:
-            return skip + self.dropout(sublayer(self.norm(x)))
-        return self.norm(skip + self.dropout(sublayer(x)))
+            return self.dropout.add_to(skip, sublayer(self.norm(x)))
+        return self.norm(self.dropout.add_to(skip, sublayer(x)))
 
 
 def _sublayer(cfg: TransformerConfig) -> SublayerConnection:

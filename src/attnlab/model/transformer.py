@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..loss import generator_loss
 from .attention import MultiHeadAttention
 from .cache import DecoderCache
 from .config import TransformerConfig
@@ -76,14 +77,25 @@ class Transformer(nn.Module):
         src_mask = self.src_mask(src)
         return self.encoder(self.src_embed(src), src_mask), src_mask
 
+    def decode_states(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder: tgt_in (B, T) -> the decoder's output (B, T, d_model)."""
+        return self.decoder(self.tgt_embed(tgt_in), self.decoder.project_memory(memory), src_mask)
+
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder: tgt_in (B, T) -> logits (B, T, V)."""
-        x = self.decoder(self.tgt_embed(tgt_in), self.decoder.project_memory(memory), src_mask)
-        return self.generator(x)
+        return self.generator(self.decode_states(tgt_in, memory, src_mask))
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, src_mask = self.encode(src)
         return self.decode(tgt_in, memory, src_mask)  # (B, T, V)
+
+    def loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float):
+        """Teacher-forced label-smoothed loss -> (loss, nll, correct, n_tokens), sums over the
+        real target tokens: `label_smoothed_nll(self(src, tgt_in), ...)` without the logits
+        tensor (the Linear layer and the loss are fused, see attnlab/loss.py)."""
+        memory, src_mask = self.encode(src)
+        states = self.decode_states(tgt_in, memory, src_mask)
+        return generator_loss(states, self.generator.weight, tgt_out, label_smoothing, self.config.pad_id)
 
     # -- incremental decoding -----------------------------------------------------------
     def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor, capacity: int | None = None) -> DecoderCache:

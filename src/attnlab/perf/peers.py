@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..decoding import beam_search, greedy_search
+from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
 
@@ -34,6 +35,10 @@ class System:
 
     def logits(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:  # (B, T, V)
         return self.model(src, tgt_in)
+
+    def loss(self, src, tgt_in, tgt_out, label_smoothing: float):
+        """(loss, nll, correct, n_tokens): every system gets attnlab's label-smoothed loss."""
+        return label_smoothed_nll(self.logits(src, tgt_in), tgt_out, label_smoothing, self.cfg.pad_id)
 
     def greedy(self, src: torch.Tensor, length: int) -> torch.Tensor:
         raise NotImplementedError
@@ -51,6 +56,9 @@ class AttnlabSystem(System):
         self.model = Transformer(cfg)
 
     # min_len = length - 1 forbids EOS until the last step, where the length limit forces it.
+    def loss(self, src, tgt_in, tgt_out, label_smoothing):  # the output layer fused with the loss
+        return self.model.loss(src, tgt_in, tgt_out, label_smoothing)
+
     def greedy(self, src, length):
         return greedy_search(self.model, src, max_len=length, min_len=length - 1)
 
@@ -67,6 +75,8 @@ class CompiledAttnlabSystem(AttnlabSystem):
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg)
         self.compiled = torch.compile(self.model)
+
+    loss = System.loss  # through the compiled logits
 
     def logits(self, src, tgt_in):
         return self.compiled(src, tgt_in)

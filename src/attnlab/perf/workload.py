@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loss import label_smoothed_nll
 from ..model import TransformerConfig
 from .peers import System
 
@@ -70,8 +69,7 @@ class TrainStep:
         b, model = self.batch, self.system.model
         model.train()
         with autocast(self.device, self.precision):
-            logits = self.system.logits(b.src, b.tgt_in)
-        loss, _, _, n = label_smoothed_nll(logits, b.tgt_out, self.label_smoothing, self.system.cfg.pad_id)
+            loss, _, _, n = self.system.loss(b.src, b.tgt_in, b.tgt_out, self.label_smoothing)
         (loss / n).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
