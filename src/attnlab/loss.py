@@ -112,9 +112,7 @@ class _GeneratorLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll, _grad_correct):
-        grad_states, grad_weight = ctx.saved_tensors
-        if grad_states is None:
-            raise RuntimeError("generator_loss ran without gradients (torch.no_grad); it cannot be backpropagated")
+        grad_states, grad_weight = ctx.saved_tensors  # reached only when the forward formed them
         return grad_states * grad_loss, grad_weight * grad_loss, None, None, None
 
 

@@ -24,17 +24,18 @@ SEED_MARKERS = ".ox^sv*+"
 def curves(jobs: list[Job], keys: list[str], metrics: list[str], path: Path) -> Path:
     """One colour per configuration (the swept values but the seed), one marker per seed: replicates
     of a configuration read as one band, and colours do not repeat before configurations do."""
-    configs = list(dict.fromkeys(_label(job, [k for k in keys if k != SEED]) for job in jobs))
+    config_of = [_label(job, [k for k in keys if k != SEED]) for job in jobs]
+    configs = list(dict.fromkeys(config_of))
     palette = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
     seeds = list(dict.fromkeys(axis_value(job, SEED) for job in jobs)) if SEED in keys else []
+    colors = [palette(configs.index(config) % palette.N) for config in config_of]
+    markers = [SEED_MARKERS[seeds.index(axis_value(job, SEED)) % len(SEED_MARKERS)] if seeds else "." for job in jobs]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for job in jobs:
+        for job, color, marker in zip(jobs, colors, markers):
             points = runlog.curve(job.rows, metric)
             if points:
                 style = "-" if job.status == "ok" else ":"  # failed/unfinished runs dotted
-                color = palette(configs.index(_label(job, [k for k in keys if k != SEED])) % palette.N)
-                marker = SEED_MARKERS[seeds.index(axis_value(job, SEED)) % len(SEED_MARKERS)] if seeds else "."
                 ax.plot(*zip(*points), style, marker=marker, markersize=4, color=color, label=_label(job, keys))
         ax.set(xlabel="step", ylabel=metric, title=f"{metric} per validation")
         if metric.endswith("loss") or metric.endswith("ppl"):

@@ -58,14 +58,13 @@ class Dropout(nn.Module):
 
     def add_to(self, skip: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """skip + Dropout(y) (a residual connection), or Dropout(y) when skip is None."""
-        if not self.training or self.p == 0.0:
-            return y if skip is None else skip + y
-        if y.device.type != "cpu" or y.dtype != torch.float32:
+        if self.training and self.p > 0.0:
+            if y.device.type == "cpu" and y.dtype == torch.float32:
+                if skip is not None and skip.shape != y.shape:
+                    skip = skip.expand_as(y)
+                return _MaskedAdd.apply(skip, y, keep_mask(y.shape, self.p, y.device))
             y = F.dropout(y, self.p, training=True)
-            return y if skip is None else skip + y
-        if skip is not None and skip.shape != y.shape:
-            skip = skip.expand_as(y)
-        return _MaskedAdd.apply(skip, y, keep_mask(y.shape, self.p, y.device))
+        return y if skip is None else skip + y
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
