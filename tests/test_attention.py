@@ -156,6 +156,43 @@ def test_grouped_cross_attention_equals_keys_repeated_per_beam():
         mha.cross_attention(torch.randn(B * K + 1, 1, D), (k, v), mask)
 
 
+@pytest.mark.parametrize("queries", [1, 4, 16, 17], ids=lambda n: f"{n} queries")
+def test_few_query_path_equals_the_fused_kernel(queries):
+    """Decoding steps (up to SMALL_QUERY queries per head: one, or a sentence's beams) take
+    the explicit matmuls, longer query blocks the fused kernel: both give the same attention,
+    with keys given as a plain tensor or as a view of transposed storage (the decoder cache)."""
+    from attnlab.model.attention import SMALL_QUERY
+
+    assert SMALL_QUERY == 16  # the cases above straddle it
+    mha = make_mha()
+    q, k, v = torch.randn(B, H, queries, D // H), torch.randn(B, H, S, D // H), torch.randn(B, H, S, D // H)
+    mask = key_padding_mask([7, 4, 2], S)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    k_stored_transposed = k.mT.contiguous().mT
+    assert not k_stored_transposed.is_contiguous() and k_stored_transposed.mT.is_contiguous()
+    for keys in (k, k_stored_transposed):
+        torch.testing.assert_close(mha.attend(q, keys, v, mask, causal=False), reference, atol=1e-6, rtol=0)
+
+
+def test_decoder_cache_keeps_encoder_keys_transposed_through_reorder():
+    """start_decoding stores the encoder keys as (B, h, d_k, S) memory so Q K^T needs no copy;
+    dropping finished sentences must keep that layout (and the right rows)."""
+    from attnlab.model import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(src_vocab_size=11, tgt_vocab_size=11, d_model=D, n_heads=H, d_ff=8,
+                                          encoder_layers=1, decoder_layers=2)).eval()  # fmt: skip
+    memory, mask = model.encode(torch.randint(4, 11, (B, S)))
+    cache = model.start_decoding(memory, mask)
+    expected = [layer.src_attn.project_kv(memory) for layer in model.decoder.layers]
+    keep = torch.tensor([2, 0])
+    cache.reorder(torch.tensor([4, 5, 0, 1]), keep)  # 2 decoder rows per sentence, sentence 1 leaves
+    for (k, v), (k_ref, v_ref) in zip(cache.memory_kv, expected):
+        assert k.mT.is_contiguous() and v.is_contiguous()
+        torch.testing.assert_close(k, k_ref[keep])
+        torch.testing.assert_close(v, v_ref[keep])
+    torch.testing.assert_close(cache.src_mask, mask[keep])
+
+
 def test_attention_dropout_only_in_training():
     mha = MultiHeadAttention(D, H, attention_dropout=0.5, rotary=NoRotation())
     x = torch.randn(B, T, D)

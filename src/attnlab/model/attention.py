@@ -13,6 +13,10 @@ from torch import nn
 
 from .cache import KVCache
 
+# Up to this many queries per head (decoding steps: 1, or a sentence's beams in cross-attention)
+# attention takes the explicit matmuls; longer ones the fused kernel.
+SMALL_QUERY = 16
+
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k)) with masked keys at -inf: (B, h, Tq, d_k) x (B, h, Tk, d_k) -> (B, h, Tq, Tk)."""
@@ -120,9 +124,9 @@ class MultiHeadAttention(nn.Module):
             weights = attention_weights(q, k, mask, causal)
             self.weights = weights.detach()
             return F.dropout(weights, p) @ v
-        if q.size(-2) == 1 and not causal and p == 0.0:
-            # One query per head (a decoding step): two small matmuls cost less than the
-            # fused kernel's set-up (docs/performance.md).
+        if q.size(-2) <= SMALL_QUERY and not causal and p == 0.0:
+            # A decoding step (one query per head, or a sentence's beams as queries): two
+            # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)

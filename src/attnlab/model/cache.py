@@ -78,5 +78,8 @@ class DecoderCache:
         for kv in self.self_kv:
             kv.reorder(index)
         if sentences is not None:
-            self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.memory_kv]
+            # The keys keep their transposed layout (Transformer.start_decoding).
+            self.memory_kv = [
+                (k.mT.index_select(0, sentences).mT, v.index_select(0, sentences)) for k, v in self.memory_kv
+            ]
             self.src_mask = self.src_mask.index_select(0, sentences)
