@@ -199,3 +199,34 @@ def test_command_reports_a_bad_setting_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "attnlab-bench: error: repeats must be >= 1, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compiled_decoder_rows_get_their_own_targets():
+    """With compile_decode=true the decoding targets are also reported for attnlab+compile
+    (its figures over the peer's); a system timed for decoding only has no training figures."""
+    times = {"greedy/attnlab+compile": {"median_s": 0.5}, "beam/attnlab+compile": {"median_s": 2.0}}
+    compiled = results.system_figures(times, {}, "attnlab+compile", tokens=96, sentences=64, flops=10, ceiling=1.0)
+    assert compiled["train_tokens_per_s"] is None and compiled["mfu"] is None
+    assert compiled["greedy_sentences_per_s"] == 128 and compiled["beam_sentences_per_s"] == 32
+    base = dict.fromkeys(compiled, 1.0) | {"greedy_sentences_per_s": 100.0, "beam_sentences_per_s": 20.0}
+    marian = base | {"greedy_sentences_per_s": 80.0, "beam_sentences_per_s": 20.0}
+    systems = {"attnlab": base, "marian": marian, "attnlab+compile": compiled}
+    rows = {t["name"]: t for t in results.targets(systems, results.ratios(systems), None)}
+    assert rows["greedy sentences/s vs marian"]["value"] == pytest.approx(1.25)
+    assert rows["greedy sentences/s vs marian (attnlab+compile)"]["value"] == pytest.approx(1.6)
+    assert rows["greedy sentences/s vs marian (attnlab+compile)"]["met"] is True
+    assert rows["beam-4 sentences/s vs marian (attnlab+compile)"]["value"] == pytest.approx(1.6)
+    assert rows["beam-4 sentences/s vs marian (attnlab+compile)"]["met"] is False
+    assert len(rows) == len(results.TARGETS) + 2
+
+
+@pytest.mark.slow  # Inductor compiles the decoder step (about a minute)
+def test_bench_times_the_compiled_decoders(tmp_path):
+    cfg = compose_bench("systems=[attnlab]", "compile_decode=true", "lightning=false", f"output={tmp_path / 'b.json'}")
+    out = bench.bench(cfg)
+    compiled = out["systems"]["attnlab+compile"]
+    assert compiled["train_step_s"] is None and "train/attnlab+compile" not in out["times_s"]
+    assert compiled["greedy_s"] > 0 and compiled["beam_s"] > 0 and compiled["beam_peak_mib"] > 0
+    assert out["ratios"]["attnlab+compile"]["greedy_sentences_per_s"] == pytest.approx(
+        out["systems"]["attnlab"]["greedy_sentences_per_s"] / compiled["greedy_sentences_per_s"]
+    )

@@ -82,6 +82,7 @@ class DecodeSchema:
     length_penalty: float = 0.6
     max_len_a: float = 1.0
     max_len_b: int = 50
+    compile: bool = False
 
 
 @dataclass

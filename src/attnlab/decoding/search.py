@@ -6,6 +6,7 @@ import torch
 
 from ..model import Transformer
 from .beam import beam_search
+from .compiled import compile_decoder
 from .greedy import greedy_search
 
 
@@ -20,11 +21,15 @@ def decode(
     max_len_b: int = 50,
     min_len: int = 0,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """src (B, S) -> tokens (B, n, T) padded with pad_id, log-probabilities (B, n), best first.
 
     Greedy gives n = 1 (its `beam_size`, `n_best` and `length_penalty` are ignored).
+    `compile`: run the cached decoder step under torch.compile (attnlab/decoding/compiled.py).
     """
+    if compile and use_cache:
+        compile_decoder(model)
     limits = dict(max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, use_cache=use_cache)
     if strategy == "greedy":
         tokens, scores = greedy_search(model, src, with_scores=True, **limits)

@@ -33,6 +33,7 @@ from .peers import SYSTEMS, CompiledAttnlabSystem, System
 from .workload import DecodeStep, TrainStep, random_batch
 
 log = logging.getLogger("attnlab")
+COMPILED = CompiledAttnlabSystem.name
 
 
 def model_config(cfg: DictConfig) -> TransformerConfig:
@@ -58,10 +59,10 @@ def build_systems(cfg: DictConfig, model_cfg: TransformerConfig, device: torch.d
             others = ",".join(n for n in cfg.systems if n != name)
             raise ConfigError(f"{err}; compare without it: systems=[{others}]") from None
         systems[name].model.to(device)
-    if cfg.compile:
+    if cfg.compile or cfg.compile_decode:
         torch.manual_seed(cfg.seed)
-        systems["attnlab+compile"] = CompiledAttnlabSystem(model_cfg)
-        systems["attnlab+compile"].model.to(device)
+        systems[COMPILED] = CompiledAttnlabSystem(model_cfg, train=cfg.compile, decode=cfg.compile_decode)
+        systems[COMPILED].model.to(device)
     return systems
 
 
@@ -110,10 +111,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
     systems = build_systems(cfg, model_cfg, device)
     batch = random_batch(model_cfg, cfg.batch_size, cfg.src_len, cfg.tgt_len, cfg.seed, device)
 
-    train = {name: TrainStep(s, batch, optim, cfg.precision) for name, s in systems.items()}
+    # attnlab+compile is timed for training with compile=true, for decoding with compile_decode=true.
+    train = {n: TrainStep(s, batch, optim, cfg.precision) for n, s in systems.items() if n != COMPILED or cfg.compile}
     decoders = {}
     for name, s in systems.items():
-        if name in cfg.systems:  # the compiled variant is timed for training only
+        if name != COMPILED or cfg.compile_decode:
             for what, beams in (("greedy", 1), ("beam", cfg.beam_size)):
                 step = DecodeStep(s, batch, cfg.decode_len, beams, cfg.precision)
                 if step.available:

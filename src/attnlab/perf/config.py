@@ -32,6 +32,7 @@ class BenchSchema:
     precision: str = "fp32"
     threads: int | None = None
     compile: bool = False
+    compile_decode: bool = False
     lightning: bool = True
     memory: bool = True
     seed: int = 0

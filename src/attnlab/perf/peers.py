@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..decoding import beam_search, greedy_search
+from ..decoding import beam_search, compile_decoder, greedy_search
 from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
@@ -67,14 +67,17 @@ class AttnlabSystem(System):
 
 
 class CompiledAttnlabSystem(AttnlabSystem):
-    """attnlab's model under `torch.compile`, timed for training only (decoding grows its cache
-    one position a step, a new shape each time)."""
+    """attnlab's model under `torch.compile`: training through the compiled module (bench
+    `compile=true`), decoding through the compiled decoder step (`compile_decode=true`, what
+    `decode.compile=true` does in attnlab-eval and attnlab-translate)."""
 
     name = "attnlab+compile"
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, train: bool = True, decode: bool = False):
         super().__init__(cfg)
-        self.compiled = torch.compile(self.model)
+        self.compiled = torch.compile(self.model) if train else self.model
+        if decode:
+            compile_decoder(self.model)
 
     loss = System.loss  # through the compiled logits
 
