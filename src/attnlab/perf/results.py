@@ -140,5 +140,6 @@ def print_tables(results: dict, console: Console | None = None) -> None:
     for t in results["targets"]:
         goal = (">= " if t["at_least"] else "<= ") + _fmt(t["target"])
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[t["met"]]
-        target_table.add_row(t["name"], _fmt(t["value"]), goal, met)
+        # 4 digits, so that 1.4997 does not show as 1.5 beside a "no"
+        target_table.add_row(t["name"], _fmt(t["value"], 4), goal, met)
     console.print(target_table)
