@@ -33,7 +33,6 @@ from .peers import SYSTEMS, CompiledAttnlabSystem, System
 from .workload import DecodeStep, TrainStep, random_batch
 
 log = logging.getLogger("attnlab")
-COMPILED = CompiledAttnlabSystem.name
 
 
 def model_config(cfg: DictConfig) -> TransformerConfig:
@@ -61,8 +60,8 @@ def build_systems(cfg: DictConfig, model_cfg: TransformerConfig, device: torch.d
         systems[name].model.to(device)
     if cfg.compile or cfg.compile_decode:
         torch.manual_seed(cfg.seed)
-        systems[COMPILED] = CompiledAttnlabSystem(model_cfg, train=cfg.compile, decode=cfg.compile_decode)
-        systems[COMPILED].model.to(device)
+        systems[res.COMPILED] = CompiledAttnlabSystem(model_cfg, train=cfg.compile, decode=cfg.compile_decode)
+        systems[res.COMPILED].model.to(device)
     return systems
 
 
@@ -112,10 +111,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
     batch = random_batch(model_cfg, cfg.batch_size, cfg.src_len, cfg.tgt_len, cfg.seed, device)
 
     # attnlab+compile is timed for training with compile=true, for decoding with compile_decode=true.
-    train = {n: TrainStep(s, batch, optim, cfg.precision) for n, s in systems.items() if n != COMPILED or cfg.compile}
+    timed_for_training = [n for n in systems if n != res.COMPILED or cfg.compile]
+    train = {n: TrainStep(systems[n], batch, optim, cfg.precision) for n in timed_for_training}
     decoders = {}
     for name, s in systems.items():
-        if name != COMPILED or cfg.compile_decode:
+        if name != res.COMPILED or cfg.compile_decode:
             for what, beams in (("greedy", 1), ("beam", cfg.beam_size)):
                 step = DecodeStep(s, batch, cfg.decode_len, beams, cfg.precision)
                 if step.available:

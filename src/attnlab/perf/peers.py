@@ -22,6 +22,7 @@ from ..decoding import beam_search, compile_decoder, greedy_search
 from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
+from .results import COMPILED
 
 
 class System:
@@ -71,7 +72,7 @@ class CompiledAttnlabSystem(AttnlabSystem):
     `compile=true`), decoding through the compiled decoder step (`compile_decode=true`, what
     `decode.compile=true` does in attnlab-eval and attnlab-translate)."""
 
-    name = "attnlab+compile"
+    name = COMPILED
 
     def __init__(self, cfg: TransformerConfig, train: bool = True, decode: bool = False):
         super().__init__(cfg)

@@ -37,7 +37,7 @@ TARGETS = (
 MIB = 2**20
 # The decoding targets are also reported for the compiled decoder step, when it was timed.
 DECODING = ("greedy_sentences_per_s", "beam_sentences_per_s")
-COMPILED_DECODER = "attnlab+compile"
+COMPILED = "attnlab+compile"  # the system name of attnlab under torch.compile (peers.CompiledAttnlabSystem)
 
 
 def system_figures(
@@ -85,9 +85,9 @@ def targets(systems: dict[str, dict], ratio: dict[str, dict], lightning: dict | 
         else:
             value = ratio.get(peer, {}).get(metric)
         out.append(_target(name, value, target, at_least))
-        compiled = systems.get(COMPILED_DECODER, {}).get(metric)
+        compiled = systems.get(COMPILED, {}).get(metric)
         if metric in DECODING and compiled and peer in systems and systems[peer].get(metric):
-            out.append(_target(f"{name} ({COMPILED_DECODER})", compiled / systems[peer][metric], target, at_least))
+            out.append(_target(f"{name} ({COMPILED})", compiled / systems[peer][metric], target, at_least))
     return out
 
 
