@@ -49,7 +49,7 @@ def beam_search(
     memory, src_mask = model.encode(src)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     L = int(limits.max())
-    stepper = make_stepper(model, memory, src_mask, use_cache, repeat=K, steps=L)  # K rows per sentence
+    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L)  # K rows per sentence after step 0
     seqs = src.new_full((B * K, L), cfg.pad_id)  # (A*K, L): each beam's output so far
     last = src.new_full((B * K,), cfg.bos_id)
     beam_logp = torch.full((B, K), NEG_INF, device=device)
@@ -61,7 +61,11 @@ def beam_search(
 
     for step in range(L):
         A = alive.numel()
-        logits = stepper.step(last)
+        if step == 0:  # the K beams of a sentence start as the same BOS: decode it once, then copy
+            logits = stepper.step(last[::K]).repeat_interleave(K, 0)
+            stepper.reorder(torch.arange(B, device=device).repeat_interleave(K))
+        else:
+            logits = stepper.step(last)
         logp = next_token_log_probs(model, logits, step, limits[alive].repeat_interleave(K), min_len)  # (A*K, V)
         V = logp.size(-1)
         cand = logp.view(A, K, V).add_(beam_logp[:, :, None]).view(A, K * V)  # in place: logp is ours

@@ -17,12 +17,11 @@ from ..model import Transformer
 class CachedStepper:
     """Each step embeds one position and attends to the cached keys/values: O(t) per step.
 
-    `repeat` gives every sentence that many rows (beam search's K beams); the encoder's
-    keys/values stay one copy per sentence (cross-attention groups a sentence's rows).
+    Rows may be several per sentence (beam search's K beams, rows s*K .. s*K+K-1); the
+    encoder's keys/values stay one copy per sentence (cross-attention groups a sentence's rows).
     """
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1,
-                 steps: int | None = None):  # fmt: skip
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None):
         self.model = model
         self.cache = model.start_decoding(memory, src_mask, steps)
 
@@ -37,24 +36,24 @@ class CachedStepper:
 class FullPrefixStepper:
     """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, repeat: int = 1,
-                 steps: int | None = None):  # fmt: skip
-        memory, src_mask = memory.repeat_interleave(repeat, 0), src_mask.repeat_interleave(repeat, 0)
-        self.model, self.memory, self.src_mask = model, memory, src_mask
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None):
+        self.model, self.memory, self.src_mask = model, memory, src_mask  # one row per sentence
         self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)  # (N, t)
-        return self.model.decode(self.prefix, self.memory, self.src_mask)[:, -1]  # (N, V)
+        per_sentence = self.prefix.size(0) // self.memory.size(0)  # beam search: a sentence's beams
+        memory, src_mask = (x.repeat_interleave(per_sentence, 0) for x in (self.memory, self.src_mask))
+        return self.model.decode(self.prefix, memory, src_mask)[:, -1]  # (N, V)
 
     def reorder(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
         self.prefix = self.prefix.index_select(0, rows)
-        if sentences is not None:  # the encoder output is repeated per row here: follow the rows
-            self.memory = self.memory.index_select(0, rows)
-            self.src_mask = self.src_mask.index_select(0, rows)
+        if sentences is not None:
+            self.memory = self.memory.index_select(0, sentences)
+            self.src_mask = self.src_mask.index_select(0, sentences)
 
 
-def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool, repeat: int = 1,
+def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool,
                  steps: int | None = None):  # fmt: skip
     """`steps`: the most decoder steps to expect (the cache is sized for them)."""
-    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, repeat, steps)
+    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, steps)
