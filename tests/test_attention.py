@@ -158,9 +158,10 @@ def test_grouped_cross_attention_equals_keys_repeated_per_beam():
 
 @pytest.mark.parametrize("queries", [1, 4, 16, 17], ids=lambda n: f"{n} queries")
 def test_few_query_path_equals_the_fused_kernel(queries):
-    """Decoding steps (up to SMALL_QUERY queries per head: one, or a sentence's beams) take
-    the explicit matmuls, longer query blocks the fused kernel: both give the same attention,
-    with keys given as a plain tensor or as a view of transposed storage (the decoder cache)."""
+    """Decoding steps (no gradients, up to SMALL_QUERY queries per head: one, or a sentence's
+    beams) take the explicit matmuls, longer query blocks and training the fused kernel: both
+    give the same attention, with keys given as a plain tensor or as a view of transposed
+    storage (the decoder cache)."""
     from attnlab.model.attention import SMALL_QUERY
 
     assert SMALL_QUERY == 16  # the cases above straddle it
@@ -171,6 +172,8 @@ def test_few_query_path_equals_the_fused_kernel(queries):
     k_stored_transposed = k.mT.contiguous().mT
     assert not k_stored_transposed.is_contiguous() and k_stored_transposed.mT.is_contiguous()
     for keys in (k, k_stored_transposed):
+        with torch.no_grad():  # decoding: the explicit path when queries are few
+            torch.testing.assert_close(mha.attend(q, keys, v, mask, causal=False), reference, atol=1e-6, rtol=0)
         torch.testing.assert_close(mha.attend(q, keys, v, mask, causal=False), reference, atol=1e-6, rtol=0)
 
 

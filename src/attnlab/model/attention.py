@@ -14,7 +14,7 @@ from torch import nn
 from .cache import KVCache
 
 # Up to this many queries per head (decoding steps: 1, or a sentence's beams in cross-attention)
-# attention takes the explicit matmuls; longer ones the fused kernel.
+# attention without gradients takes the explicit matmuls; longer ones the fused kernel.
 SMALL_QUERY = 16
 
 
@@ -124,9 +124,10 @@ class MultiHeadAttention(nn.Module):
             weights = attention_weights(q, k, mask, causal)
             self.weights = weights.detach()
             return F.dropout(weights, p) @ v
-        if q.size(-2) <= SMALL_QUERY and not causal and p == 0.0:
+        if q.size(-2) <= SMALL_QUERY and not causal and p == 0.0 and not torch.is_grad_enabled():
             # A decoding step (one query per head, or a sentence's beams as queries): two
             # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
+            # Training keeps the fused kernel (and its backward) for short batches too.
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
