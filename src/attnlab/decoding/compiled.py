@@ -22,6 +22,10 @@ from ..model import Transformer
 from ..model.cache import DecoderCache
 
 INDUCTOR_OPTIONS = {"cpp_wrapper": True}  # the step launched from C++: a tenth less than the Python wrapper
+# Graphs one code object may collect before dynamo runs it eagerly. A test set takes ~7 of the
+# decoder step (the first lengths, the shrinking batch, a single row, beam search's grouping),
+# and every model compiled in the same process (the bench, the tests) adds its own.
+RECOMPILE_LIMIT = 64
 
 
 def compile_decoder(model: Transformer) -> Transformer:
@@ -29,6 +33,7 @@ def compile_decoder(model: Transformer) -> Transformer:
     function, once per model; returns the model. Outputs equal the eager step's to float
     rounding (tests/test_decoding.py)."""
     if not is_compiled(model):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         eager = Transformer.decode_step.__get__(model)
         compiled = torch.compile(eager, options=INDUCTOR_OPTIONS)
 
