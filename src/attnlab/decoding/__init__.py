@@ -1,8 +1,7 @@
 """Decoding: greedy and beam search over a `Transformer`, with the key/value cache."""
 
 from .beam import beam_search, length_penalty
-from .compiled import compile_decoder
 from .greedy import greedy_search, output_limits
 from .search import decode
 
-__all__ = ["beam_search", "compile_decoder", "decode", "greedy_search", "length_penalty", "output_limits"]
+__all__ = ["beam_search", "decode", "greedy_search", "length_penalty", "output_limits"]

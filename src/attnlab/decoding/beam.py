@@ -35,12 +35,14 @@ def beam_search(
     min_len: int = 0,
     length_penalty_alpha: float = 0.0,
     use_cache: bool = True,
+    compile: bool = False,
 ):
     """src (B, S) -> tokens (B, n_best, T) (EOS included, padded with pad_id), log-probabilities (B, n_best).
 
     Hypotheses are ranked by log-probability / lp(length) and returned best first; the
     scores returned are the plain log-probabilities. A sentence stops once `beam_size`
     hypotheses have ended with EOS (as in fairseq) or its length limit is reached.
+    `compile`: the cached decoder step under torch.compile (decode.compile).
     """
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size=}, {n_best=}")
@@ -49,7 +51,8 @@ def beam_search(
     memory, src_mask = model.encode(src)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     L = int(limits.max())
-    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L)  # K rows per sentence after step 0
+    # K rows per sentence after step 0
+    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L, compile=compile)
     seqs = src.new_full((B * K, L), cfg.pad_id)  # (A*K, L): each beam's output so far
     last = src.new_full((B * K,), cfg.bos_id)
     beam_logp = torch.full((B, K), NEG_INF, device=device)

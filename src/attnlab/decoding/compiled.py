@@ -7,7 +7,9 @@ its 285 ms). Inductor fuses the element-wise work between the matmuls (LayerNorm
 adds, ReLU, softmax, head splits, the cache writes) into a few C++ kernels, and its C++
 wrapper launches the whole step without Python (docs/performance.md).
 
-The weights stay inputs of the compiled graph (no freezing), so a model that goes on
+Nothing is stored on the model (it still copies, pickles and trains as before): the step
+function of the model's class is compiled once per process and called with the model as an
+argument, so the weights stay inputs of the graph (no freezing) and a model that goes on
 training is decoded with its current weights. Compiling costs about a minute on the first
 batch on this machine (Inductor's on-disk cache makes it seconds in later processes), and
 once more when the batch size or the source length first changes (from then on those
@@ -16,34 +18,26 @@ dimensions are dynamic): worth it for a test set or a corpus, not for a few sent
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..model import Transformer
-from ..model.cache import DecoderCache
 
 INDUCTOR_OPTIONS = {"cpp_wrapper": True}  # the step launched from C++: a tenth less than the Python wrapper
 # Graphs one code object may collect before dynamo runs it eagerly. A test set takes ~7 of the
 # decoder step (the first lengths, the shrinking batch, a single row, beam search's grouping),
-# and every model compiled in the same process (the bench, the tests) adds its own.
+# and models of other sizes in the same process (the bench, the tests) add their own.
 RECOMPILE_LIMIT = 64
 
+_compiled: dict[type, Callable] = {}
 
-def compile_decoder(model: Transformer) -> Transformer:
-    """Make `model.decode_step` (what greedy and beam search call each step) a compiled
-    function, once per model; returns the model. Outputs equal the eager step's to float
-    rounding (tests/test_decoding.py)."""
-    if not is_compiled(model):
+
+def compiled_decode_step(model_class: type[Transformer]) -> Callable:
+    """`model_class.decode_step` under torch.compile, created once per class: call it as
+    `step(model, tokens, cache)`. Outputs equal the eager step's to float rounding
+    (tests/test_decoding.py)."""
+    if model_class not in _compiled:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        eager = Transformer.decode_step.__get__(model)
-        compiled = torch.compile(eager, options=INDUCTOR_OPTIONS)
-
-        def decode_step(tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-            # The first step allocates the caches: run it eagerly rather than compile a graph for it.
-            return (compiled if cache.length else eager)(tokens, cache)
-
-        model.decode_step = decode_step  # an instance attribute hides the method
-    return model
-
-
-def is_compiled(model: Transformer) -> bool:
-    return "decode_step" in vars(model)
+        _compiled[model_class] = torch.compile(model_class.decode_step, options=INDUCTOR_OPTIONS)
+    return _compiled[model_class]

@@ -66,18 +66,20 @@ def greedy_search(
     min_len: int = 0,
     with_scores: bool = False,
     use_cache: bool = True,
+    compile: bool = False,
 ):
     """src (B, S) -> output tokens (B, T<=limit), EOS included, padded with pad_id.
 
     With `with_scores`, also returns each output's total log-probability (B,). A sentence
     leaves the batch as soon as it emits EOS, so later steps cost only the unfinished ones.
+    `compile`: the cached decoder step under torch.compile (decode.compile).
     """
     cfg = model.config
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)
     L = int(limits.max())
-    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L)
+    stepper = make_stepper(model, memory, src_mask, use_cache, steps=L, compile=compile)
     out = src.new_full((B, L), cfg.pad_id)
     scores = torch.zeros(B, device=device)
     alive = torch.arange(B, device=device)  # original rows still decoding

@@ -6,7 +6,6 @@ import torch
 
 from ..model import Transformer
 from .beam import beam_search
-from .compiled import compile_decoder
 from .greedy import greedy_search
 
 
@@ -28,9 +27,7 @@ def decode(
     Greedy gives n = 1 (its `beam_size`, `n_best` and `length_penalty` are ignored).
     `compile`: run the cached decoder step under torch.compile (attnlab/decoding/compiled.py).
     """
-    if compile and use_cache:
-        compile_decoder(model)
-    limits = dict(max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, use_cache=use_cache)
+    limits = dict(max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, use_cache=use_cache, compile=compile)
     if strategy == "greedy":
         tokens, scores = greedy_search(model, src, with_scores=True, **limits)
         return tokens[:, None], scores[:, None]

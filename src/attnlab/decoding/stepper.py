@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Transformer
+from .compiled import compiled_decode_step
 
 
 class CachedStepper:
@@ -21,12 +22,16 @@ class CachedStepper:
     encoder's keys/values stay one copy per sentence (cross-attention groups a sentence's rows).
     """
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None):
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None,
+                 compile: bool = False):  # fmt: skip
         self.model = model
         self.cache = model.start_decoding(memory, src_mask, steps)
+        self.compiled = compiled_decode_step(type(model)) if compile else None  # decode.compile
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_step(tokens, self.cache)  # (N,) -> (N, V)
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, V)
+        if self.compiled is not None and self.cache.length:  # the first step allocates the caches: eager
+            return self.compiled(self.model, tokens, self.cache)
+        return self.model.decode_step(tokens, self.cache)
 
     def reorder(self, rows: torch.Tensor, sentences: torch.Tensor | None = None) -> None:
         """Keep decoder rows `rows`; `sentences` (indices into the current sentences) when some leave."""
@@ -36,7 +41,9 @@ class CachedStepper:
 class FullPrefixStepper:
     """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None):
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None,
+                 compile: bool = False):  # fmt: skip
+        # `compile` is the cached step's; this reference path always runs eagerly.
         self.model, self.memory, self.src_mask = model, memory, src_mask  # one row per sentence
         self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
 
@@ -54,6 +61,7 @@ class FullPrefixStepper:
 
 
 def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool,
-                 steps: int | None = None):  # fmt: skip
-    """`steps`: the most decoder steps to expect (the cache is sized for them)."""
-    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, steps)
+                 steps: int | None = None, compile: bool = False):  # fmt: skip
+    """`steps`: the most decoder steps to expect (the cache is sized for them); `compile`: the
+    cached step under torch.compile (attnlab/decoding/compiled.py)."""
+    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, steps, compile)

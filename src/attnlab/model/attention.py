@@ -13,8 +13,11 @@ from torch import nn
 
 from .cache import KVCache
 
-# Up to this many queries per head (decoding steps: 1, or a sentence's beams in cross-attention)
-# attention without gradients takes the explicit matmuls; longer ones the fused kernel.
+# Up to this many queries per head, attention without gradients takes the explicit matmuls,
+# longer or trained ones the fused kernel. Decoding steps (1 query, or a sentence's beams in
+# cross-attention) are what it is for; short no-grad forwards (validation) take it too, with the
+# same results, except a row whose keys are all masked: NaN here, 0 from the fused kernel (never
+# the case in attnlab: every source ends with EOS, and causal rows see themselves).
 SMALL_QUERY = 16
 
 

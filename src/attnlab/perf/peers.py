@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..decoding import beam_search, compile_decoder, greedy_search
+from ..decoding import beam_search, greedy_search
 from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
@@ -52,19 +52,22 @@ class System:
 class AttnlabSystem(System):
     name = "attnlab"
 
+    compile_decoder = False  # the decoder step under torch.compile (decode.compile)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg)
         self.model = Transformer(cfg)
 
-    # min_len = length - 1 forbids EOS until the last step, where the length limit forces it.
     def loss(self, src, tgt_in, tgt_out, label_smoothing):  # the output layer fused with the loss
         return self.model.loss(src, tgt_in, tgt_out, label_smoothing)
 
+    # min_len = length - 1 forbids EOS until the last step, where the length limit forces it.
     def greedy(self, src, length):
-        return greedy_search(self.model, src, max_len=length, min_len=length - 1)
+        return greedy_search(self.model, src, max_len=length, min_len=length - 1, compile=self.compile_decoder)
 
     def beam(self, src, length, beam_size):
-        return beam_search(self.model, src, beam_size=beam_size, max_len=length, min_len=length - 1)[0]
+        limits = dict(max_len=length, min_len=length - 1, compile=self.compile_decoder)
+        return beam_search(self.model, src, beam_size=beam_size, **limits)[0]
 
 
 class CompiledAttnlabSystem(AttnlabSystem):
@@ -77,8 +80,7 @@ class CompiledAttnlabSystem(AttnlabSystem):
     def __init__(self, cfg: TransformerConfig, train: bool = True, decode: bool = False):
         super().__init__(cfg)
         self.compiled = torch.compile(self.model) if train else self.model
-        if decode:
-            compile_decoder(self.model)
+        self.compile_decoder = decode
 
     loss = System.loss  # through the compiled logits
 
