@@ -41,9 +41,7 @@ class CachedStepper:
 class FullPrefixStepper:
     """Re-decodes BOS..newest token from scratch each step: O(t^2) per step, no cache."""
 
-    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None,
-                 compile: bool = False):  # fmt: skip
-        # `compile` is the cached step's; this reference path always runs eagerly.
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor):
         self.model, self.memory, self.src_mask = model, memory, src_mask  # one row per sentence
         self.prefix = memory.new_empty((memory.size(0), 0), dtype=torch.long)
 
@@ -64,4 +62,6 @@ def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tenso
                  steps: int | None = None, compile: bool = False):  # fmt: skip
     """`steps`: the most decoder steps to expect (the cache is sized for them); `compile`: the
     cached step under torch.compile (attnlab/decoding/compiled.py)."""
-    return (CachedStepper if use_cache else FullPrefixStepper)(model, memory, src_mask, steps, compile)
+    if use_cache:
+        return CachedStepper(model, memory, src_mask, steps, compile)
+    return FullPrefixStepper(model, memory, src_mask)  # the reference: always eager, nothing to size
