@@ -112,35 +112,63 @@ def test_self_and_cross_attention_helpers_equal_the_general_form():
     torch.testing.assert_close(mha.cross_attention(x, mha.project_kv(memory), mask_s), mha(x, memory, memory, mask_s))
 
 
+CACHES = ["KVCache", "IndirectKVCache"]  # copies rows on reorder / indexes the stored rows
+
+
+@pytest.mark.parametrize("kind", CACHES)
 @pytest.mark.parametrize("capacity", [64, 2], ids=["preallocated", "grows past capacity"])
-def test_cached_self_attention_equals_causal_full_sequence(capacity):
-    from attnlab.model import KVCache
+def test_cached_self_attention_equals_causal_full_sequence(capacity, kind):
+    import attnlab.model as m
 
     mha, x = make_mha(), torch.randn(B, T, D)
     full = mha.self_attention(x, causal=True)
-    cache = KVCache(capacity)
+    cache = getattr(m, kind)(capacity)
     steps = [mha.self_attention(x[:, t : t + 1], cache=cache) for t in range(T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     assert cache.length == T
 
 
+@pytest.mark.parametrize("kind", CACHES)
 @pytest.mark.parametrize("capacity", [64, 3])
 @torch.no_grad()  # as in decoding: the cache is filled without autograd
-def test_reordered_cache_equals_the_reordered_sequences(capacity):
-    """Rows reordered (and dropped) mid-way, as beam search does: each row then continues the
-    history of the row it was copied from, exactly as if that sequence had been decoded alone."""
-    from attnlab.model import KVCache
+def test_reordered_cache_equals_the_reordered_sequences(capacity, kind):
+    """Rows reordered (and dropped, and multiplied) mid-way, as beam search does: each row then
+    continues the history of the row it was copied from, exactly as if that sequence had been
+    decoded alone."""
+    import attnlab.model as m
 
     mha, x = make_mha(), torch.randn(4, T, D)
-    cache, t0 = KVCache(capacity), 3
+    cache, t0 = getattr(m, kind)(capacity), 2
     for t in range(t0):
         mha.self_attention(x[:, t : t + 1], cache=cache)
-    for index in (torch.tensor([2, 2, 0, 1]), torch.tensor([3, 0])):  # same size (spare buffers), then fewer rows
+    # more rows than stored (beam search after its first step), the same number (spare buffers),
+    # then fewer (finished sentences leave), a step after each
+    for t, index in enumerate((torch.tensor([2, 2, 0, 1, 3, 1]), torch.tensor([5, 0, 0, 1, 3, 4]), torch.tensor([3, 0])), t0):
         cache.reorder(index)
         x = x[index]
-    steps = [mha.self_attention(x[:, t : t + 1], cache=cache) for t in range(t0, T)]
-    full = mha.self_attention(x, causal=True)[:, t0:]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+        step = mha.self_attention(x[:, t : t + 1], cache=cache)
+        full = mha.self_attention(x, causal=True)[:, t : t + 1]
+        torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+    assert cache.length == T
+
+
+@torch.no_grad()
+def test_indirect_cache_reorders_without_moving_stored_keys():
+    """IndirectKVCache: a reorder rewrites only the row index; the stored keys and values stay
+    where they were written (the copies KVCache makes are what it saves)."""
+    from attnlab.model import IndirectKVCache
+
+    mha, x = make_mha(), torch.randn(4, T, D)
+    cache = IndirectKVCache(capacity=T)
+    for t in range(3):
+        mha.self_attention(x[:, t : t + 1], cache=cache)
+    stored = cache.k.clone()
+    where = cache.k.data_ptr()
+    cache.reorder(torch.tensor([3, 3, 1, 0]))
+    assert cache.k.data_ptr() == where and torch.equal(cache.k, stored)
+    assert cache.history[:, :3].tolist() == [[3, 3, 3], [3, 3, 3], [1, 1, 1], [0, 0, 0]]
+    mha.self_attention(x[:, 3:4], cache=cache)  # the new position is stored at the current rows
+    assert cache.history[:, 3].tolist() == [0, 1, 2, 3] and torch.equal(cache.k[:3], stored[:3])
 
 
 def test_grouped_cross_attention_equals_keys_repeated_per_beam():
@@ -175,6 +203,19 @@ def test_few_query_path_equals_the_fused_kernel(queries):
         with torch.no_grad():  # decoding: the explicit path when queries are few
             torch.testing.assert_close(mha.attend(q, keys, v, mask, causal=False), reference, atol=1e-6, rtol=0)
         torch.testing.assert_close(mha.attend(q, keys, v, mask, causal=False), reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+def test_attention_by_sums_equals_the_fused_kernel(queries):
+    """The compiled decoder step's attention (products and sums, for Inductor to fuse) is the
+    same function as the fused kernel, with plain or transposed-storage keys and a padding mask."""
+    from attnlab.model.attention import attention_by_sums
+
+    q, k, v = torch.randn(B, H, queries, D // H), torch.randn(B, H, S, D // H), torch.randn(B, H, S, D // H)
+    mask = key_padding_mask([7, 4, 2], S)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    for keys in (k, k.mT.contiguous().mT):
+        torch.testing.assert_close(attention_by_sums(q, keys, v, mask), reference, atol=1e-6, rtol=0)
 
 
 def test_decoder_cache_keeps_encoder_keys_transposed_through_reorder():

@@ -89,7 +89,7 @@ class TableModel(torch.nn.Module):
     def encode(self, src):
         return src[:, :, None].float(), (src != PAD)[:, None, None, :]
 
-    def start_decoding(self, memory, src_mask, capacity=None):
+    def start_decoding(self, memory, src_mask, capacity=None, indirect=False):
         return TableCache(src_mask)
 
     def decode_step(self, tokens, cache):
@@ -198,6 +198,30 @@ def test_cached_decoding_equals_uncached_reference(tiny_config, positional, resi
             assert model_log_prob(model, src_b, ours) == pytest.approx(model_log_prob(model, src_b, theirs), abs=1e-5)
     if residual:  # the grid's models with residual connections have no ties: all tokens equal
         assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize("positional,norm", [("sinusoidal", "post"), ("rope", "pre"), ("learned", "post")])
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_indirect_cache_decodes_like_the_copying_cache(tiny_config, monkeypatch, positional, norm, strategy):
+    """The cache decode.compile uses (rows index the stored keys; nothing is copied on reorder),
+    run eagerly: the same tokens and scores as the default cache, with sentences leaving the
+    batch at different steps and beam search's rows multiplied after its first step."""
+    model = tiny_model(tiny_config, positional=positional, norm=norm)
+    src = random_sources(6, 13, lengths=(1, 10), seed=4)
+    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6)
+    want_tokens, want_scores = decode(model, src, **settings)
+    kinds = []
+
+    def start_indirect(memory, src_mask, capacity=None, indirect=False):
+        cache = Transformer.start_decoding(model, memory, src_mask, capacity, indirect=True)
+        kinds.append(type(cache.self_kv[0]).__name__)
+        return cache
+
+    monkeypatch.setattr(model, "start_decoding", start_indirect)
+    tokens, scores = decode(model, src, **settings)
+    assert kinds == ["IndirectKVCache"]
+    assert torch.equal(tokens, want_tokens)
+    torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=0)
 
 
 def test_cached_step_reads_one_position_at_a_time(tiny_config):

@@ -25,7 +25,8 @@ class CachedStepper:
     def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None,
                  compile: bool = False):  # fmt: skip
         self.model = model
-        self.cache = model.start_decoding(memory, src_mask, steps)
+        # Compiled, the stored keys stay put and rows index them: Inductor fuses the gather.
+        self.cache = model.start_decoding(memory, src_mask, steps, indirect=compile)
         self.compiled = compiled_decode_step(type(model)) if compile else None  # decode.compile
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, V)

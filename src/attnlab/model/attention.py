@@ -33,6 +33,18 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     return scores.softmax(dim=-1)
 
 
+def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V written as products and sums instead of matmuls, for the
+    compiled decoder step: Inductor turns it into one loop nest with the softmax and with
+    whatever produced k and v (the gather of IndirectKVCache), where the matmuls would be
+    separate library calls on materialised inputs. Eager it would build (B, h, Tq, Tk, d_k)
+    products, so only compiled code takes it. Shapes as `MultiHeadAttention.attend`."""
+    scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_k)
+
+
 class MultiHeadAttention(nn.Module):
     """h heads of width d_k = d_model / h, each attending in its own subspace.
 
@@ -131,6 +143,8 @@ class MultiHeadAttention(nn.Module):
             # A decoding step (one query per head, or a sentence's beams as queries): two
             # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
             # Training keeps the fused kernel (and its backward) for short batches too.
+            if torch.compiler.is_compiling():  # decode.compile: one fused loop, gathers included
+                return attention_by_sums(q, k, v, mask)
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)

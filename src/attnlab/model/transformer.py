@@ -98,15 +98,18 @@ class Transformer(nn.Module):
         return generator_loss(states, self.generator.weight, tgt_out, label_smoothing, self.config.pad_id)
 
     # -- incremental decoding -----------------------------------------------------------
-    def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor, capacity: int | None = None) -> DecoderCache:
+    def start_decoding(
+        self, memory: torch.Tensor, src_mask: torch.Tensor, capacity: int | None = None, indirect: bool = False
+    ) -> DecoderCache:
         """Project the encoder output to keys/values once; the decoder steps reuse them.
-        `capacity`: the most steps expected (default model.max_len); more still work."""
+        `capacity`: the most steps expected (default model.max_len); more still work.
+        `indirect`: reordered rows index the stored keys instead of copying them (cache.py)."""
         # Values contiguous (B, h, S, d_k) and keys stored transposed, (B, h, d_k, S) in memory
         # seen through a (B, h, S, d_k) view, so that Q K^T and P V at every step are plain
         # batched matmuls: with the keys as a transposed view, a sentence's beams (several
         # queries per head) took a slow path, 7x the time (docs/performance.md).
         memory_kv = [(k.mT.contiguous().mT, v.contiguous()) for k, v in self.decoder.project_memory(memory)]
-        return DecoderCache(memory_kv, src_mask, capacity or self.config.max_len)
+        return DecoderCache(memory_kv, src_mask, capacity or self.config.max_len, indirect)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """The newest target token of each row (B,) -> next-token logits (B, V); grows the cache."""
