@@ -143,7 +143,8 @@ def test_reordered_cache_equals_the_reordered_sequences(capacity, kind):
         mha.self_attention(x[:, t : t + 1], cache=cache)
     # more rows than stored (beam search after its first step), the same number (spare buffers),
     # then fewer (finished sentences leave), a step after each
-    for t, index in enumerate((torch.tensor([2, 2, 0, 1, 3, 1]), torch.tensor([5, 0, 0, 1, 3, 4]), torch.tensor([3, 0])), t0):
+    indices = ([2, 2, 0, 1, 3, 1], [5, 0, 0, 1, 3, 4], [3, 0])
+    for t, index in enumerate(map(torch.tensor, indices), t0):
         cache.reorder(index)
         x = x[index]
         step = mha.self_attention(x[:, t : t + 1], cache=cache)
