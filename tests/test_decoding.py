@@ -323,23 +323,30 @@ def test_decode_shapes_and_a_bad_strategy(tiny_config):
 # -- decode.compile ------------------------------------------------------------------------------
 
 
-def test_compiled_greedy_step_gives_the_eager_results(tiny_config):
-    """decode.compile=true runs the cached step under torch.compile (two graphs here: the second
-    step's, then one for every later length): the same tokens and scores as the eager step. The
-    choice is per call: nothing is left on the model, which still pickles."""
+def test_compiled_step_gives_the_eager_results(tiny_config):
+    """decode.compile=true runs the cached step under torch.compile (a few graphs here: the second
+    step's, then one for every later length): the same tokens and scores as the eager step, for
+    greedy search and for beam search (whose compiled step reads the keys through its rows'
+    history, IndirectKVCache, and attends by sums). The choice is per call: nothing is left on
+    the model, which still pickles."""
     import pickle
 
     from torch._dynamo.utils import counters
 
     model = tiny_model(tiny_config, positional="rope", norm="pre")
     src = random_sources(5, 13, lengths=(2, 9), seed=3)
-    forced = dict(max_len=8, min_len=7, with_scores=True)  # every row runs all 8 steps: no rows leave
-    want_tokens, want_scores = greedy_search(model, src, **forced)
-    graphs = counters["stats"]["unique_graphs"]
-    tokens, scores = greedy_search(model, src, compile=True, **forced)
-    assert counters["stats"]["unique_graphs"] > graphs, "the step did not run compiled"
-    assert tokens.shape == (5, 8) and torch.equal(tokens, want_tokens)
-    torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=0)
+    forced = dict(max_len=8, min_len=7)  # every row runs all 8 steps: no rows leave
+    searches = {
+        "greedy": lambda **kw: greedy_search(model, src, with_scores=True, **forced, **kw),
+        "beam": lambda **kw: beam_search(model, src, beam_size=3, n_best=3, **forced, **kw),
+    }
+    for name, search in searches.items():
+        want_tokens, want_scores = search()
+        graphs = counters["stats"]["unique_graphs"]
+        tokens, scores = search(compile=True)
+        assert counters["stats"]["unique_graphs"] > graphs, f"the {name} step did not run compiled"
+        assert tokens.size(-1) == 8 and torch.equal(tokens, want_tokens), name
+        torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=0)
     assert "decode_step" not in vars(model)
     pickle.dumps(model)
 

@@ -23,10 +23,9 @@ class CachedStepper:
     """
 
     def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, steps: int | None = None,
-                 compile: bool = False):  # fmt: skip
+                 compile: bool = False, indirect: bool = False):  # fmt: skip
         self.model = model
-        # Compiled, the stored keys stay put and rows index them: Inductor fuses the gather.
-        self.cache = model.start_decoding(memory, src_mask, steps, indirect=compile)
+        self.cache = model.start_decoding(memory, src_mask, steps, indirect)
         self.compiled = compiled_decode_step(type(model)) if compile else None  # decode.compile
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, V)
@@ -60,9 +59,10 @@ class FullPrefixStepper:
 
 
 def make_stepper(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, use_cache: bool,
-                 steps: int | None = None, compile: bool = False):  # fmt: skip
+                 steps: int | None = None, compile: bool = False, indirect: bool = False):  # fmt: skip
     """`steps`: the most decoder steps to expect (the cache is sized for them); `compile`: the
-    cached step under torch.compile (attnlab/decoding/compiled.py)."""
+    cached step under torch.compile (attnlab/decoding/compiled.py); `indirect`: reordered rows
+    index the stored keys instead of copying them (IndirectKVCache, model/cache.py)."""
     if use_cache:
-        return CachedStepper(model, memory, src_mask, steps, compile)
+        return CachedStepper(model, memory, src_mask, steps, compile, indirect)
     return FullPrefixStepper(model, memory, src_mask)  # the reference: always eager, nothing to size

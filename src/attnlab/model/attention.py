@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
+from .cache import IndirectKVCache, KVCache
 
 # Up to this many queries per head, attention without gradients takes the explicit matmuls,
 # longer or trained ones the fused kernel. Decoding steps (1 query, or a sentence's beams in
@@ -35,10 +35,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
 
 def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k)) V written as products and sums instead of matmuls, for the
-    compiled decoder step: Inductor turns it into one loop nest with the softmax and with
+    compiled beam search step: Inductor turns it into one loop nest with the softmax and with
     whatever produced k and v (the gather of IndirectKVCache), where the matmuls would be
-    separate library calls on materialised inputs. Eager it would build (B, h, Tq, Tk, d_k)
-    products, so only compiled code takes it. Shapes as `MultiHeadAttention.attend`."""
+    separate library calls on materialised inputs; it was also faster for a sentence's beams
+    attending together to the encoder. For one query per row (greedy) the matmuls were faster
+    (docs/performance.md). Eager it would build (B, h, Tq, Tk, d_k) products, so only compiled
+    code takes it. Shapes as `MultiHeadAttention.attend`."""
     scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -97,9 +99,10 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             if x.size(1) != 1:
                 raise ValueError("cached self-attention takes one new position at a time")
-            k, v = cache.append(k, v)
+            k, v = cache.append(k, v)  # gathered by row history, with an IndirectKVCache
             causal = False
-        return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, causal)))
+        by_sums = isinstance(cache, IndirectKVCache)
+        return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, causal, by_sums)))
 
     def cross_attention(
         self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
@@ -116,7 +119,7 @@ class MultiHeadAttention(nn.Module):
         if q.size(2) != 1 or G * k.size(0) != B:
             raise ValueError(f"{B} query rows do not group into {k.size(0)} sentences of one position each")
         q = q.view(-1, G, self.n_heads, self.d_k).transpose(1, 2)  # (A, h, G, d_k): beams as positions
-        out = self.attend(q, k, v, mask, False).transpose(1, 2)  # (A, G, h, d_k)
+        out = self.attend(q, k, v, mask, False, by_sums=True).transpose(1, 2)  # (A, G, h, d_k)
         return self.out_proj(out.reshape(B, 1, self.n_heads * self.d_k))
 
     def forward(
@@ -130,10 +133,12 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(self.merge_heads(self.attend(self.project_query(query), k, v, mask, False)))
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
-    ) -> torch.Tensor:
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+        by_sums: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
         """softmax(Q K^T / sqrt(d_k)) V per head: q (B, h, Tq, d_k); k, v (B, h, Tk, d_k);
-        mask broadcastable to (B, h, Tq, Tk) -> (B, h, Tq, d_k), the heads not yet concatenated."""
+        mask broadcastable to (B, h, Tq, Tk) -> (B, h, Tq, d_k), the heads not yet concatenated.
+        `by_sums`: under torch.compile, a decoding step takes `attention_by_sums` (beam search)."""
         p = self.attention_dropout if self.training else 0.0
         if self.keep_weights:
             weights = attention_weights(q, k, mask, causal)
@@ -143,7 +148,7 @@ class MultiHeadAttention(nn.Module):
             # A decoding step (one query per head, or a sentence's beams as queries): two
             # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
             # Training keeps the fused kernel (and its backward) for short batches too.
-            if torch.compiler.is_compiling():  # decode.compile: one fused loop, gathers included
+            if by_sums and torch.compiler.is_compiling():  # decode.compile: one loop, gathers included
                 return attention_by_sums(q, k, v, mask)
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
