@@ -15,8 +15,9 @@ argument, so the weights stay inputs of the graph (no freezing) and a model that
 training is decoded with its current weights. Each graph takes 15-30 s to compile on this
 machine: the first lengths, then once more when the batch size or the source length first
 changes (from then on those dimensions are dynamic), a single row, beam search's grouping;
-3.5 minutes over Multi30k's 1,000-sentence test set, whose beam search it then ran 4% faster
-(before the cache indirection, which made the benchmark's compiled beam search 1.2x faster).
+about 4 minutes over Multi30k's 1,000-sentence test set, whose beam search it then ran only 1-4%
+faster (sentences leave the batch early and the shapes keep changing; the benchmark's forced
+full-length batches gain 1.27x over eager with the cache indirection).
 Worth it for a corpus or a long-lived process, not for one test set; off by default.
 """
 
