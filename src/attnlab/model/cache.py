@@ -61,9 +61,10 @@ class IndirectKVCache:
     """Keys and values stored once, where they were computed; rows find theirs by index.
 
     Position j of every row is kept in slot j of time-major buffers (capacity, R, h, d_k);
-    `history` (N, t) says, for each current row, which of the R stored rows holds each of its
-    positions. Reordering rows (beam search keeping its survivors' parents, sentences
-    leaving) reorders only `history`, N x t integers; a read gathers the row's positions.
+    `history` (N, capacity, filled up to `length`) says, for each current row, which of the R
+    stored rows holds each of its positions. Reordering rows (beam search keeping its
+    survivors' parents, sentences leaving) reorders only `history`, integers; a read gathers
+    the row's positions.
     Eager, that gather copies as much as `KVCache.reorder` did; inside the compiled step
     Inductor folds it into the attention's loops, so nothing is copied at all.
     """
