@@ -51,9 +51,9 @@ def beam_search(
     memory, src_mask = model.encode(src)
     limits = output_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     L = int(limits.max())
-    # K rows per sentence after step 0
-    # Compiled, the step reads each hypothesis's keys through its row history (fused into the
-    # attention), so keeping the survivors copies no cache (model/cache.py, IndirectKVCache).
+    # K rows per sentence after step 0. Compiled, the step reads each hypothesis's keys through
+    # its row history (fused into the attention), so keeping the survivors copies no cache
+    # (model/cache.py, IndirectKVCache).
     stepper = make_stepper(model, memory, src_mask, use_cache, steps=L, compile=compile, indirect=compile)
     seqs = src.new_full((B * K, L), cfg.pad_id)  # (A*K, L): each beam's output so far
     last = src.new_full((B * K,), cfg.bos_id)
