@@ -76,12 +76,21 @@ def check_results(out: dict, systems: list[str]) -> None:
                 assert value is None
             else:
                 assert value == pytest.approx(base[metric] / out["systems"][peer][metric])
+    for peer, row in out["paired_ratios"].items():
+        for metric, task in results.TASKS.items():
+            if f"{task}/{peer}" not in out["times_s"]:
+                assert row[metric] is None
+                continue
+            per_round = [p / a for p, a in zip(out["times_s"][f"{task}/{peer}"], out["times_s"][f"{task}/attnlab"])]
+            assert row[metric] == pytest.approx(statistics.median(per_round))
     light = out["lightning"]
     assert light["lightning_step_s"] > 0 and light["bare_step_s"] > 0
     assert light["overhead"] == pytest.approx(light["lightning_step_s"] / light["bare_step_s"] - 1)
     assert [t["name"] for t in out["targets"]] == [t[0] for t in results.TARGETS]
     mfu = next(t for t in out["targets"] if t["name"].startswith("attnlab MFU"))
     assert mfu["value"] == base["mfu"] and mfu["met"] == (base["mfu"] >= 0.75)
+    gemm_over_step = [g / s for g, s in zip(out["times_s"]["gemm"], out["times_s"]["train/attnlab"])]
+    assert mfu["paired"] == pytest.approx(statistics.median(gemm_over_step))
 
 
 def test_bench_runs_end_to_end_and_its_json_is_consistent(tmp_path, capsys):
@@ -218,6 +227,31 @@ def test_compiled_decoder_rows_get_their_own_targets():
     assert rows["beam-4 sentences/s vs marian (attnlab+compile)"]["value"] == pytest.approx(1.6)
     assert rows["beam-4 sentences/s vs marian (attnlab+compile)"]["met"] is False
     assert len(rows) == len(results.TARGETS) + 2
+
+
+def test_paired_ratios_follow_the_rounds_not_the_medians():
+    """On a host that slows down mid-run, the ratio of medians mixes rounds of different speed;
+    the per-round ratio compares each round's pair. Made-up times: attnlab is 2x faster than
+    the peer in every round but one, where the host slowed between the peer's turn and attnlab's."""
+    attnlab, marian = [1.0, 1.0, 3.0, 3.0, 3.0], [2.0, 2.0, 2.0, 6.0, 6.0]
+    times = {
+        "train/attnlab": {"times_s": attnlab, "median_s": statistics.median(attnlab)},
+        "train/marian": {"times_s": marian, "median_s": statistics.median(marian)},
+        "gemm": {"times_s": [0.5, 0.5, 1.5, 1.5, 0.3], "median_s": 0.5},
+        "greedy/attnlab": {"times_s": [1.0] * 5, "median_s": 1.0},  # no greedy timing of the peer
+    }
+    assert times["train/marian"]["median_s"] / times["train/attnlab"]["median_s"] == pytest.approx(2 / 3)
+    paired = results.paired_ratios(times, {"attnlab": {}, "marian": {}})
+    assert paired == {
+        "marian": {"train_tokens_per_s": 2.0, "greedy_sentences_per_s": None, "beam_sentences_per_s": None}
+    }
+    figures = {"attnlab": {"mfu": 1 / 6, "train_tokens_per_s": 1 / 3}, "marian": {"train_tokens_per_s": 0.5}}
+    rows = {t["name"]: t for t in results.targets(figures, results.ratios(figures), None, times)}
+    assert rows["train tokens/s vs marian"]["value"] == pytest.approx(2 / 3)  # `met` stays on the medians
+    assert rows["train tokens/s vs marian"]["paired"] == pytest.approx(2.0)
+    assert rows["attnlab MFU (share of the GEMM ceiling)"]["paired"] == pytest.approx(0.5)  # 0.5, 0.5, 0.5, 0.5, 0.1
+    assert rows["Lightning loop overhead"]["paired"] is None
+    assert rows["train peak memory vs marian"]["paired"] is None
 
 
 @pytest.mark.slow  # Inductor compiles the decoder step (about a minute)

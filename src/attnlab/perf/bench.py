@@ -145,7 +145,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         "systems": figures,
         "lightning": lightning,
         "ratios": ratios,
-        "targets": res.targets(figures, ratios, lightning),
+        "paired_ratios": res.paired_ratios(times, figures),
+        "targets": res.targets(figures, ratios, lightning, times),
         "times_s": {task: t["times_s"] for task, t in times.items()},
     }
 
