@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import IndirectKVCache, KVCache
+from .cache import KVCache
 
 # Up to this many queries per head, attention without gradients takes the explicit matmuls,
 # longer or trained ones the fused kernel. Decoding steps (1 query, or a sentence's beams in
@@ -101,7 +101,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("cached self-attention takes one new position at a time")
             k, v = cache.append(k, v)  # gathered by row history, with an IndirectKVCache
             causal = False
-        by_sums = isinstance(cache, IndirectKVCache)
+        by_sums = cache is not None and cache.gathered_reads
         return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, causal, by_sums)))
 
     def cross_attention(

@@ -24,6 +24,9 @@ class KVCache:
     positions filled so far, into a spare pair of buffers that then swaps with the live one.
     """
 
+    # Reads are views of contiguous buffers: attention takes its usual matmuls on them.
+    gathered_reads = False
+
     def __init__(self, capacity: int = 64):
         self.capacity, self.length = max(1, capacity), 0
         self.k: torch.Tensor | None = None  # (N, h, capacity, d_k); positions >= length unused
@@ -68,6 +71,9 @@ class IndirectKVCache:
     Eager, that gather copies as much as `KVCache.reorder` did; inside the compiled step
     Inductor folds it into the attention's loops, so nothing is copied at all.
     """
+
+    # Reads are gathers: compiled attention takes `attention_by_sums`, which fuses them.
+    gathered_reads = True
 
     def __init__(self, capacity: int = 64):
         self.capacity, self.length = max(1, capacity), 0
