@@ -226,3 +226,19 @@ def test_a_short_multi30k_run_learns(compose_train, tmp_path):
     metrics = train(cfg)
     assert metrics["val/loss"] < 0.75 * math.log(1000), metrics
     assert list((tmp_path / "data" / "tokenizers").glob("spm-*.model"))
+
+
+def test_a_fresh_interpreter_knows_every_tokenizer_kind_without_importing_its_module():
+    """`attnlab-translate` never imports attnlab.data.subword: the registry must still know 'sentencepiece'
+    (issue 18). A new interpreter, so nothing this pytest process imported can fill it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from attnlab.data.tokenizers import TOKENIZERS, tokenizer_class\n"
+        "assert 'attnlab.data.subword' not in sys.modules\n"
+        "print(sorted(k for k in TOKENIZERS if tokenizer_class(k).kind == k))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['sentencepiece', 'words']"

@@ -22,13 +22,12 @@ import sentencepiece as spm
 from ..config import ConfigError
 from .atomic import atomic_write
 from .text import CorpusError
-from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer, register_tokenizer
+from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer
 
 log = logging.getLogger("attnlab")
 MODEL_TYPES = ("bpe", "unigram")
 
 
-@register_tokenizer
 class SentencePieceTokenizer(Tokenizer):
     """Subword pieces from a SentencePiece model; `decode` gives detokenised text."""
 

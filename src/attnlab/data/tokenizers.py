@@ -3,6 +3,7 @@ below and can be stored inside a checkpoint (`to_state`) so translation needs no
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -83,17 +84,20 @@ class WordTokenizer(Tokenizer):
         Path(path).write_text(json.dumps(self.to_state(), ensure_ascii=False))
 
 
-TOKENIZERS: dict[str, type] = {"words": WordTokenizer}
+# Every tokenizer kind a checkpoint may name, as "module:class". Looked up by import when needed, so a
+# process that never imported attnlab.data.subword (attnlab-translate) still knows 'sentencepiece'.
+TOKENIZERS: dict[str, str] = {
+    "words": "attnlab.data.tokenizers:WordTokenizer",
+    "sentencepiece": "attnlab.data.subword:SentencePieceTokenizer",
+}
 
 
-def register_tokenizer(cls: type) -> type:
-    """Class decorator: makes `tokenizer_from_state` know a tokenizer kind."""
-    TOKENIZERS[cls.kind] = cls
-    return cls
+def tokenizer_class(kind: str) -> type:
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(TOKENIZERS)}")
+    module, name = TOKENIZERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
-    kind = state.get("kind")
-    if kind not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind].from_state(state)
+    return tokenizer_class(state.get("kind")).from_state(state)
