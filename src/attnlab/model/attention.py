@@ -1,6 +1,9 @@
 """Multi-head scaled dot-product attention (paper section 3.2), with the Illustrated
 Transformer's names: queries, keys and values, scores divided by sqrt(d_k), softmax,
 heads concatenated and projected by W_O.
+
+Queries and keys are d_k wide per head, values d_v: the same d_model / h by default, while
+`model.d_head` sets d_k alone (Table 3 row B), so every function here takes the two apart.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ SMALL_QUERY = 16
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d_k)) with masked keys at -inf: (B, h, Tq, d_k) x (B, h, Tk, d_k) -> (B, h, Tq, Tk)."""
+    """softmax(Q K^T / sqrt(d_k)) with masked keys at -inf: (B, h, Tq, d_k) x (B, h, Tk, d_k) -> (B, h, Tq, Tk).
+    d_k is read off the queries, so a narrower `model.d_head` scales by its own width."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
     if is_causal:
         Tq, Tk = scores.shape[-2:]
@@ -44,23 +48,27 @@ def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_k)
+    return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_v)
 
 
 class MultiHeadAttention(nn.Module):
-    """h heads of width d_k = d_model / h, each attending in its own subspace.
+    """h heads, each attending in its own subspace: queries and keys d_k wide (`d_k`, default
+    d_model / h), values d_v = d_model / h wide, so the concatenated heads are d_model wide.
 
-    W_Q, W_K and W_V are three d_model x d_model matrices; they are stored stacked in
+    W_Q and W_K are (h*d_k) x d_model, W_V is d_model x d_model; they are stored stacked in
     `in_proj` (rows [W_Q; W_K; W_V]) so self-attention projects with one matmul, and
     cross-attention uses the W_Q rows on the decoder state and the W_K, W_V rows on the
     encoder output. `out_proj` is W_O. Masks are boolean, True where a key may be seen.
     """
 
-    def __init__(self, d_model: int, n_heads: int, attention_dropout: float, rotary: nn.Module):
+    def __init__(self, d_model: int, n_heads: int, attention_dropout: float, rotary: nn.Module, d_k: int | None = None):
         super().__init__()
-        self.n_heads, self.d_k = n_heads, d_model // n_heads
-        self.in_proj = nn.Linear(d_model, 3 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.n_heads, self.d_v = n_heads, d_model // n_heads
+        self.d_k = self.d_v if d_k is None else d_k
+        # Row blocks of in_proj: W_Q, W_K, W_V.
+        self.widths = (n_heads * self.d_k, n_heads * self.d_k, n_heads * self.d_v)
+        self.in_proj = nn.Linear(d_model, sum(self.widths))
+        self.out_proj = nn.Linear(n_heads * self.d_v, d_model)
         self.rotary = rotary
         self.attention_dropout = attention_dropout
         # Set by Transformer.attention_maps(): take the explicit path and keep the weights.
@@ -68,21 +76,21 @@ class MultiHeadAttention(nn.Module):
         self.weights: torch.Tensor | None = None
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape  # (B, T, d_model) -> (B, h, T, d_k)
-        return x.view(B, T, self.n_heads, self.d_k).transpose(1, 2)
+        B, T, width = x.shape  # (B, T, h*d) -> (B, h, T, d), d = d_k for queries/keys, d_v for values
+        return x.view(B, T, self.n_heads, width // self.n_heads).transpose(1, 2)
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, T, _ = x.shape  # (B, h, T, d_k) -> (B, T, d_model): "concatenate the heads"
-        return x.transpose(1, 2).reshape(B, T, self.n_heads * self.d_k)
+        B, _, T, _ = x.shape  # (B, h, T, d_v) -> (B, T, h*d_v = d_model): "concatenate the heads"
+        return x.transpose(1, 2).reshape(B, T, self.n_heads * self.d_v)
 
     def project_query(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.n_heads * self.d_k
+        d = self.widths[0]
         return self.split_heads(F.linear(x, self.in_proj.weight[:d], self.in_proj.bias[:d]))
 
     def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the encoder output, computed once and reused at every decoder step."""
-        d = self.n_heads * self.d_k
-        k, v = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:]).chunk(2, dim=-1)
+        d = self.widths[0]
+        k, v = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:]).split(self.widths[1:], dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def self_attention(
@@ -93,7 +101,7 @@ class MultiHeadAttention(nn.Module):
         With a cache, x holds only the new positions; their keys and values are appended
         and the queries attend to every cached position (all earlier, so no mask).
         """
-        q, k, v = (self.split_heads(t) for t in self.in_proj(x).chunk(3, dim=-1))  # 3 x (B, h, T, d_k)
+        q, k, v = (self.split_heads(t) for t in self.in_proj(x).split(self.widths, dim=-1))  # (B, h, T, d_k|d_v)
         offset = 0 if cache is None else cache.length
         q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
@@ -119,14 +127,14 @@ class MultiHeadAttention(nn.Module):
         if q.size(2) != 1 or G * k.size(0) != B:
             raise ValueError(f"{B} query rows do not group into {k.size(0)} sentences of one position each")
         q = q.view(-1, G, self.n_heads, self.d_k).transpose(1, 2)  # (A, h, G, d_k): beams as positions
-        out = self.attend(q, k, v, mask, False, by_sums=True).transpose(1, 2)  # (A, G, h, d_k)
-        return self.out_proj(out.reshape(B, 1, self.n_heads * self.d_k))
+        out = self.attend(q, k, v, mask, False, by_sums=True).transpose(1, 2)  # (A, G, h, d_v)
+        return self.out_proj(out.reshape(B, 1, self.n_heads * self.d_v))
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """General attention, paper argument order; `key` and `value` are usually the same tensor."""
-        d = self.n_heads * self.d_k
+        d = self.widths[0]
         w, b = self.in_proj.weight, self.in_proj.bias
         k = self.split_heads(F.linear(key, w[d : 2 * d], b[d : 2 * d]))
         v = self.split_heads(F.linear(value, w[2 * d :], b[2 * d :]))
@@ -136,8 +144,8 @@ class MultiHeadAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
         by_sums: bool = False,
     ) -> torch.Tensor:  # fmt: skip
-        """softmax(Q K^T / sqrt(d_k)) V per head: q (B, h, Tq, d_k); k, v (B, h, Tk, d_k);
-        mask broadcastable to (B, h, Tq, Tk) -> (B, h, Tq, d_k), the heads not yet concatenated.
+        """softmax(Q K^T / sqrt(d_k)) V per head: q (B, h, Tq, d_k); k (B, h, Tk, d_k); v (B, h, Tk, d_v);
+        mask broadcastable to (B, h, Tq, Tk) -> (B, h, Tq, d_v), the heads not yet concatenated.
         `by_sums`: under torch.compile, a decoding step takes `attention_by_sums` (beam search)."""
         p = self.attention_dropout if self.training else 0.0
         if self.keep_weights:

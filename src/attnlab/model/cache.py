@@ -30,11 +30,12 @@ class KVCache:
     def __init__(self, capacity: int = 64):
         self.capacity, self.length = max(1, capacity), 0
         self.k: torch.Tensor | None = None  # (N, h, capacity, d_k); positions >= length unused
-        self.v: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None  # (N, h, capacity, d_v): its own width (model.d_head sets d_k alone)
         self.spare: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add one position (N, h, 1, d_k); returns all positions so far (N, h, length, d_k), as views."""
+        """Add one position, k (N, h, 1, d_k) and v (N, h, 1, d_v); returns all positions so far
+        (N, h, length, d_k|d_v), as views."""
         t = self.length
         if self.k is None:
             self.k, self.v = (x.new_empty(*x.shape[:2], self.capacity, x.size(3)) for x in (k, v))
@@ -78,13 +79,14 @@ class IndirectKVCache:
     def __init__(self, capacity: int = 64):
         self.capacity, self.length = max(1, capacity), 0
         self.k: torch.Tensor | None = None  # (capacity, R, h, d_k); R: the most rows seen
-        self.v: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None  # (capacity, R, h, d_v)
         # (N, capacity): the stored row of each position so far; like the buffers it is written
         # in place and read as a slice, so the compiled step sees one shape at every length.
         self.history: torch.Tensor | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add one position (N, h, 1, d_k); returns all positions so far (N, h, length, d_k), gathered."""
+        """Add one position, k (N, h, 1, d_k) and v (N, h, 1, d_v); returns all positions so far
+        (N, h, length, d_k|d_v), gathered."""
         t, n = self.length, k.size(0)
         if self.k is None:
             self.k, self.v = (x.new_empty(self.capacity, n, x.size(1), x.size(3)) for x in (k, v))
@@ -122,7 +124,7 @@ class DecoderCache:
     sentence's beams as queries of the same keys instead of copying the keys K times.
     """
 
-    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, 2 x (A, h, S, d_k)
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, keys (A, h, S, d_k), values (A, h, S, d_v)
     src_mask: torch.Tensor  # (A, 1, 1, S)
     capacity: int = 64  # positions to allocate for the self-attention caches
     indirect: bool = False  # IndirectKVCache (decode.compile) instead of KVCache

@@ -22,6 +22,9 @@ class TransformerConfig:
     d_model: int = 512
     d_ff: int = 2048
     n_heads: int = 8
+    # Per-head query/key width d_k; None: d_model / n_heads. Values keep d_v = d_model / n_heads
+    # (Table 3 row B shrinks "the attention key size d_k" alone, so W_O and the output width stay).
+    d_head: int | None = None
     encoder_layers: int = 6
     decoder_layers: int = 6
     positional: Positional = "sinusoidal"
@@ -53,9 +56,12 @@ class TransformerConfig:
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}: "
                 "each head gets d_model / n_heads dimensions"
             )
-        if self.positional == "rope" and (self.d_model // self.n_heads) % 2:
+        if self.d_head is not None and self.d_head < 1:
+            raise ValueError(f"model.d_head must be >= 1 (or null for d_model / n_heads), got {self.d_head}")
+        if self.positional == "rope" and self.d_k % 2:
+            width = f"model.d_head={self.d_head}" if self.d_head is not None else f"d_model/n_heads={self.d_k}"
             raise ValueError(
-                f"model.positional=rope needs an even head width, d_model/n_heads={self.d_model // self.n_heads}"
+                f"model.positional=rope needs an even head width (it rotates query/key features in pairs), got {width}"
             )
         for key in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
@@ -72,6 +78,12 @@ class TransformerConfig:
 
     @property
     def d_k(self) -> int:
+        """Query/key width per head: model.d_head, or d_model / n_heads by default."""
+        return self.d_model // self.n_heads if self.d_head is None else self.d_head
+
+    @property
+    def d_v(self) -> int:
+        """Value width per head, always d_model / n_heads: the concatenated heads are d_model wide."""
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict:

@@ -53,7 +53,12 @@ def _sublayer(cfg: TransformerConfig) -> SublayerConnection:
 
 
 def _rotary(cfg: TransformerConfig) -> nn.Module:
+    # RoPE rotates queries and keys, so it spans their width d_k (model.d_head), not d_v.
     return Rotary(cfg.d_k, cfg.max_len) if cfg.positional == "rope" else NoRotation()
+
+
+def _attention(cfg: TransformerConfig, rotary: nn.Module) -> MultiHeadAttention:
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, rotary, d_k=cfg.d_k)
 
 
 class EncoderLayer(nn.Module):
@@ -61,7 +66,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, _rotary(cfg))
+        self.self_attn = _attention(cfg, _rotary(cfg))
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff)
         self.sublayer = nn.ModuleList([_sublayer(cfg) for _ in range(2)])
 
@@ -76,14 +81,14 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, _rotary(cfg))
+        self.self_attn = _attention(cfg, _rotary(cfg))
         # Cross-attention compares positions of two different sentences: no rotation.
-        self.src_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, NoRotation())
+        self.src_attn = _attention(cfg, NoRotation())
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff)
         self.sublayer = nn.ModuleList([_sublayer(cfg) for _ in range(3)])
 
     def forward(self, x, memory_kv, src_mask, self_kv=None) -> torch.Tensor:
-        # x: (B, T, d_model); memory_kv: 2 x (B, h, S, d_k); src_mask: (B, 1, 1, S)
+        # x: (B, T, d_model); memory_kv: keys (B, h, S, d_k), values (B, h, S, d_v); src_mask: (B, 1, 1, S)
         # Targets are right-padded, so the causal mask alone keeps every real position
         # away from padding (padding only ever comes after it): no target padding mask.
         x = self.sublayer[0](x, lambda y: self.self_attn.self_attention(y, causal=True, cache=self_kv))

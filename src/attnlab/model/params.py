@@ -7,7 +7,8 @@ from .config import TransformerConfig
 
 def expected_num_parameters(cfg: TransformerConfig) -> int:
     d, f = cfg.d_model, cfg.d_ff
-    attention = 4 * (d * d + d)  # W_Q, W_K, W_V, W_O with biases
+    qk, v = cfg.n_heads * cfg.d_k, cfg.n_heads * cfg.d_v  # h*d_k shrinks with model.d_head; h*d_v = d
+    attention = 2 * (d * qk + qk) + (d * v + v) + (v * d + d)  # W_Q, W_K, W_V, W_O with biases
     ffn = d * f + f + f * d + d
     layer_norm = 2 * d
     encoder_layer = attention + ffn + 2 * layer_norm

@@ -104,7 +104,7 @@ class Transformer(nn.Module):
         """Project the encoder output to keys/values once; the decoder steps reuse them.
         `capacity`: the most steps expected (default model.max_len); more still work.
         `indirect`: reordered rows index the stored keys instead of copying them (cache.py)."""
-        # Values contiguous (B, h, S, d_k) and keys stored transposed, (B, h, d_k, S) in memory
+        # Values contiguous (B, h, S, d_v) and keys stored transposed, (B, h, d_k, S) in memory
         # seen through a (B, h, S, d_k) view, so that Q K^T and P V at every step are plain
         # batched matmuls: with the keys as a transposed view, a sentence's beams (several
         # queries per head) took a slow path, 7x the time (docs/performance.md).

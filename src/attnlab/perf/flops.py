@@ -38,17 +38,18 @@ class Gemm:
 
 def forward_gemms(cfg: TransformerConfig, batch: int, src_len: int, tgt_len: int) -> Counter[Gemm]:
     """The forward matmuls of model(src, tgt_in), counted by shape."""
-    d, f, dk = cfg.d_model, cfg.d_ff, cfg.d_k
+    d, f, dk, dv = cfg.d_model, cfg.d_ff, cfg.d_k, cfg.d_v
+    qk, v = cfg.n_heads * dk, cfg.n_heads * dv  # model.d_head narrows Q and K only
     ns, nt, bh = batch * src_len, batch * tgt_len, batch * cfg.n_heads
     gemms: Counter[Gemm] = Counter()
     for _ in range(cfg.encoder_layers):
-        gemms.update([Gemm(ns, d, 3 * d), Gemm(ns, d, d), Gemm(ns, d, f), Gemm(ns, f, d)])
-        gemms.update([Gemm(src_len, dk, src_len, bh), Gemm(src_len, src_len, dk, bh)])  # Q K^T, P V
+        gemms.update([Gemm(ns, d, 2 * qk + v), Gemm(ns, v, d), Gemm(ns, d, f), Gemm(ns, f, d)])
+        gemms.update([Gemm(src_len, dk, src_len, bh), Gemm(src_len, src_len, dv, bh)])  # Q K^T, P V
     for _ in range(cfg.decoder_layers):
-        gemms.update([Gemm(nt, d, 3 * d), Gemm(nt, d, d), Gemm(nt, d, f), Gemm(nt, f, d)])  # self-attn + FFN
-        gemms.update([Gemm(nt, d, d), Gemm(ns, d, 2 * d), Gemm(nt, d, d)])  # cross-attn Q, K|V, W_O
-        gemms.update([Gemm(tgt_len, dk, tgt_len, bh), Gemm(tgt_len, tgt_len, dk, bh)])
-        gemms.update([Gemm(tgt_len, dk, src_len, bh), Gemm(tgt_len, src_len, dk, bh)])
+        gemms.update([Gemm(nt, d, 2 * qk + v), Gemm(nt, v, d), Gemm(nt, d, f), Gemm(nt, f, d)])  # self-attn + FFN
+        gemms.update([Gemm(nt, d, qk), Gemm(ns, d, qk + v), Gemm(nt, v, d)])  # cross-attn Q, K|V, W_O
+        gemms.update([Gemm(tgt_len, dk, tgt_len, bh), Gemm(tgt_len, tgt_len, dv, bh)])
+        gemms.update([Gemm(tgt_len, dk, src_len, bh), Gemm(tgt_len, src_len, dv, bh)])
     gemms[Gemm(nt, d, cfg.tgt_vocab_size)] += 1  # the output layer
     return gemms
 
