@@ -1,10 +1,11 @@
 """Sweep jobs that behave: a result file per job, failures recorded instead of fatal, finished jobs
 skipped and unfinished ones resumed when a sweep is run again, and a summary at the end.
 
-Each job writes `result.json` next to its `.hydra/` directory: status (running / ok / failed, with
-the error), the job's overrides, final and best metrics, parameter count, steps, wall time and
-training tokens per second. `SweepSummary` (a Hydra callback set in conf/train.yaml) reads them
-all when the sweep ends, prints how many failed and exits non-zero if any did.
+Each job writes `result.json` next to its `.hydra/` directory: status (running / ok / failed /
+stopped, with the error), the job's overrides, final and best metrics, parameter count, steps, wall
+time (of all its segments when it was resumed) and training tokens per second. `SweepSummary` (a
+Hydra callback set in conf/train.yaml) reads them all when the sweep ends, prints how many failed
+and exits non-zero if any did.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import runlog
+from . import runlog, segments
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
-# Left in the directory Hydra made for a `resume=true` run that continued an earlier run instead:
-# it names that run, and attnlab-report does not list the directory as a run of its own.
+# Left in the directory Hydra made for a `resume=true` run that continued an earlier run instead, when
+# that directory holds more than Hydra's own files and so is kept (resume.py removes it otherwise): it
+# names the run, and attnlab-report does not list the directory as a run of its own.
 RESUMED_INTO = "resumed_into.txt"
 # Metrics that must be finite for a run to count as trained (a NaN here means it diverged).
 LOSSES = ("train/loss", "train/loss_epoch", "val/loss")
@@ -108,12 +110,53 @@ def _summarise(job_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
     }
 
 
+class _JobRecord:
+    """`result.json` while its job runs: this process's segment with its clock, the run's earlier
+    segments when the job continues the run's own checkpoint (attnlab.segments), and a lock, since
+    a heartbeat thread rewrites the file too."""
+
+    def __init__(self, job_dir: Path, cfg: DictConfig, result: dict[str, Any], earlier: list[dict[str, Any]]):
+        self.job_dir, self.cfg, self.result, self.earlier = job_dir, cfg, result, earlier
+        self.segment: dict[str, Any] = {"started": segments.now(), "finished": None, "status": "running",
+                                        "resumed_from": result["resumed_from"], "wall_time_s": 0.0}  # fmt: skip
+        self.carried: list[dict[str, Any]] = []
+        self._clock = time.perf_counter()
+        self._lock = threading.Lock()
+        self._follow_checkpoint()
+
+    def _follow_checkpoint(self) -> None:
+        """Name the checkpoint the job continues from once it is known (a sweep job resolves a user's
+        ckpt_path inside training), and count the earlier segments if the checkpoint is the run's own."""
+        ckpt = self.cfg.ckpt_path
+        if not ckpt:
+            return
+        if self.segment["resumed_from"] is None:
+            self.segment["resumed_from"] = self.result["resumed_from"] = str(ckpt)
+        if not self.carried and Path(ckpt).resolve().parent == last_checkpoint(self.cfg).resolve().parent:
+            self.carried = self.earlier
+
+    def write(self, status: str | None = None, **fields: Any) -> None:
+        """Rewrite result.json with the times so far; a `status` other than running ends the segment."""
+        with self._lock:
+            if status is not None:
+                self._follow_checkpoint()
+                fields.update(status=status, finished=segments.now())
+                self.segment.update(status=status, finished=fields["finished"])
+            self.segment["wall_time_s"] = round(time.perf_counter() - self._clock, 2)
+            run = [*self.carried, self.segment]
+            self.result.update(fields, started=run[0]["started"], segments=run, wall_time_s=segments.total_seconds(run),
+                               segment_wall_time_s=self.segment["wall_time_s"])  # fmt: skip
+            _write_result(self.job_dir, self.result)
+
+
 def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]]) -> float | None:
     """Run one job and record it in `result.json`; returns the metric an Optuna sweep optimises.
 
     In a multirun a job that already finished with the same overrides is skipped, one that was
     interrupted resumes from its `last.ckpt`, and a failure is recorded and returned as None so
     the sweep goes on. In a single run the error propagates (train.py explains user errors).
+    A job that continues its own run (a resume) adds a segment to the run's record: `wall_time_s`
+    is the time of all segments, `segment_wall_time_s` this process's, `resumed_from` the checkpoint.
     """
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -126,12 +169,12 @@ def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]])
     if multirun and same_job and previous.get("status") == "ok":
         log.info("job %s already finished (%s); skipping it", job_dir.name, job_dir / RESULT_FILE)
         return previous.get("objective")
-    resumed_from = None
     ckpt = last_checkpoint(cfg)
     if multirun and same_job and ckpt.is_file() and not cfg.ckpt_path:
-        resumed_from = str(ckpt)
-        cfg.ckpt_path = resumed_from
+        cfg.ckpt_path = str(ckpt)
         log.info("job %s resumes from %s", job_dir.name, ckpt)
+    # Read before training touches them: a killed earlier segment ended at its last write.
+    earlier = segments.earlier_segments(previous, [ckpt, runlog.find_metrics_csv(job_dir)])
 
     result: dict[str, Any] = {
         "status": "running",
@@ -140,42 +183,36 @@ def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]])
         "job_num": HydraConfig.get().job.get("num") if HydraConfig.initialized() else None,
         "job_dir": str(job_dir),
         "optimized_metric": cfg.optimized_metric,
-        "resumed_from": resumed_from,
-        "started": datetime.now().isoformat(timespec="seconds"),
+        # A single run's checkpoint is already chosen here (resume.prepare_resume in train.main).
+        "resumed_from": str(cfg.ckpt_path) if cfg.ckpt_path else None,
     }
     result.update(threads=apply_threads(cfg), pid=os.getpid())
-    _write_result(job_dir, result)
-    start = time.perf_counter()
+    record = _JobRecord(job_dir, cfg, result, earlier)
+    record.write()
     try:
-        metrics = train_fn(cfg)
+        with segments.Heartbeat(record.write):  # a SIGKILL'ed segment still leaves its time behind
+            metrics = train_fn(cfg)
     except (Exception, SystemExit) as err:  # SystemExit too: one job's sys.exit must not end the sweep
         message = f"{type(err).__name__}: {err}"
-        result.update(
-            status="failed",
-            error=message,
-            traceback=traceback.format_exc(limit=-8),
-            wall_time_s=round(time.perf_counter() - start, 2),
-        )
         try:
-            _write_result(job_dir, result)
+            record.write("failed", error=message, traceback=traceback.format_exc(limit=-8))
         except OSError as write_err:  # e.g. the disk that failed the job: keep the job's own error
             log.error("could not record job %s as failed in %s: %s", job_dir.name, RESULT_FILE, write_err)
         if not multirun:
             raise
         log.error("job %s failed: %s", job_dir.name, message)
         return None
+    except BaseException as err:  # Ctrl-C, SIGTERM (faults.Interrupted): saved, resumable; the sweep stops
+        try:
+            record.write("stopped", error=f"{type(err).__name__}: {err}")
+        except OSError as write_err:
+            log.error("could not record job %s as stopped in %s: %s", job_dir.name, RESULT_FILE, write_err)
+        raise
     result.update(_summarise(job_dir, metrics))
     final = result["metrics"]["final"]
     diverged = _diverged(final)
     objective = final.get(cfg.optimized_metric)
-    result.update(
-        status="failed" if diverged else "ok",
-        error=diverged,
-        objective=objective,
-        wall_time_s=round(time.perf_counter() - start, 2),
-        finished=datetime.now().isoformat(timespec="seconds"),
-    )
-    _write_result(job_dir, result)
+    record.write("failed" if diverged else "ok", error=diverged, objective=objective)
     if diverged:
         log.error("job %s failed: %s", job_dir.name, diverged)
         return None
