@@ -158,12 +158,10 @@ def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run
     assert the_run(log_dir) == run
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert_same_training(run, reference)
-    # The directory Hydra made for the resuming command names the run it continued, and the
-    # report lists the run once, not that empty shell as a second, unfinished run.
-    (shell,) = [d for d in (log_dir / "train" / "runs").iterdir() if d != run]
-    assert (shell / "resumed_into.txt").read_text().strip() == str(run)
+    # The directory Hydra made for the resuming command is gone (it held only Hydra's files), and the
+    # report lists the run once.
+    assert list((log_dir / "train" / "runs").iterdir()) == [run]
     assert find_run_dirs([log_dir / "train" / "runs"]) == [run.resolve()]
-    assert find_run_dirs([shell]) == [run]
 
 
 @pytest.mark.slow
@@ -211,9 +209,19 @@ def _stop_and_resume(name, step, loggers, tmp_path, reference, monkeypatch, caps
     code, err = train(log_dir, *command, monkeypatch=monkeypatch, capsys=capsys)
     run = the_run(log_dir)
     _check_stopped(code, err, run, name, step)
+    stopped = json.loads((run / "result.json").read_text())
+    assert stopped["status"] == "stopped" and stopped["error"].startswith("Interrupted: stopped by")
+    assert stopped["wall_time_s"] == stopped["segments"][0]["wall_time_s"] > 0
     code, err = train(log_dir, *command, "resume=true", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, err
     assert_same_training(run, reference)
+    # result.json names the checkpoint, counts both segments, and no second run directory is left.
+    result = json.loads((run / "result.json").read_text())
+    assert result["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    assert [s["status"] for s in result["segments"]] == ["stopped", "ok"]
+    assert result["segments"][0] == {**stopped["segments"][0], "status": "stopped"}
+    assert result["wall_time_s"] == round(stopped["wall_time_s"] + result["segment_wall_time_s"], 2)
+    assert list((log_dir / "train" / "runs").iterdir()) == [run]
     if loggers == "many":
         segments = list(run.glob("wandb/offline-run-*"))
         assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1  # one W&B run id

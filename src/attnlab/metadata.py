@@ -2,7 +2,9 @@
 
 The resolved config and overrides, the code's git revision (with `git.diff` when the tree was
 dirty), Python and package versions, the seed, the hardware, and start / end times with the
-outcome. A resumed run appends to `resumes` instead of starting a new record. No environment
+outcome. A resumed run appends to `resumes` instead of starting a new record (with how the segment
+before it ended); `wall_time_s` runs from the first start to the last end, pauses between segments
+included: the training time of all segments is in `result.json` (attnlab.jobs). No environment
 variables are recorded except a short allow-list, so secrets (API keys) never end up here.
 """
 
@@ -134,7 +136,7 @@ def write_start(run_dir: str | Path, cfg: DictConfig, resumed_from: str | None =
         diff_name = f"git.resume-{len(resumes) + 1}.diff"  # the run's own git.diff stays the start's
         resumes.append(
             {"started": _now(), "from_checkpoint": resumed_from, "git": git_state(run_dir, diff_name=diff_name),
-             "command": sys.argv, "hydra_dir": _hydra_dir()}
+             "command": sys.argv, "hydra_dir": _hydra_dir(), "previous_segment": _how_it_ended(previous)}
         )
         previous.update(status="running", finished=None)
         _write(run_dir, previous)
@@ -182,4 +184,15 @@ def write_end(run_dir: str | Path, status: str, metrics: dict[str, float] | None
 
 
 def _hydra_dir() -> str | None:
-    return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+    """The directory Hydra made for this command, while it exists (a resume that continues an
+    earlier run removes it: attnlab.resume)."""
+    path = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+    return path if path and Path(path).is_dir() else None
+
+
+def _how_it_ended(record: dict[str, Any]) -> dict[str, Any]:
+    """The end of the segment a resume follows, before the record is reset to running: a segment
+    still `running` was killed without a chance to record anything (its time: result.json)."""
+    status = record.get("status")
+    return {"status": "killed" if status == "running" else status,
+            "finished": record.get("finished"), "error": record.get("error")}  # fmt: skip

@@ -34,6 +34,8 @@ from .jobs import RESUMED_INTO
 
 log = logging.getLogger("attnlab")
 LAST = "last.ckpt"
+# What Hydra writes into a run directory before the task starts (its log file aside).
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 # Overrides that say how to start, not what to train: a resumed run matches the original without them.
 _START_KEYS = ("resume", "ckpt_path")
 _checked: set[tuple[str, int]] = set()
@@ -204,7 +206,8 @@ def prepare_resume(cfg: DictConfig) -> Path | None:
 
     - `ckpt_path=<file>`: continue from that checkpoint (in place when it is this run's own).
     - `resume=true`: this run directory's last.ckpt, else the newest earlier run with the same
-      overrides, whose directory this run then continues in (`paths.output_dir` is switched).
+      overrides, whose directory this run then continues in (`paths.output_dir` is switched; the
+      directory Hydra made for this command is removed, its log appended to the run's).
       With nothing to resume, the run starts afresh (logged), so a resume flag is always safe.
     Idempotent: afterwards `ckpt_path` holds the checkpoint.
     """
@@ -223,17 +226,80 @@ def prepare_resume(cfg: DictConfig) -> Path | None:
         log.info("resume=true: continuing %s from %s", run, ckpt)
     else:
         return None
+    elsewhere = ckpt.parent.name == "checkpoints" and ckpt.parent.parent != here and cfg.get("resume")
     with open_dict(cfg):
         cfg.ckpt_path = str(ckpt)
-        if ckpt.parent.name == "checkpoints" and ckpt.parent.parent != here and cfg.get("resume"):
+        if elsewhere:
             cfg.paths.output_dir = str(ckpt.parent.parent)
-            if here.is_dir():
-                (here / RESUMED_INTO).write_text(f"{ckpt.parent.parent}\n")
     for stale in ckpt.parent.glob(".*.tmp"):  # a save interrupted by a kill
         if not _writer_alive(stale):  # not the save in progress of a run still training there
             stale.unlink(missing_ok=True)
     check_resumable(cfg, ckpt)
+    if elsewhere:  # only now is it sure that this command continues that run
+        _leave_hydra_dir(here, ckpt.parent.parent)
     return ckpt
+
+
+def _leave_hydra_dir(here: Path, run: Path) -> None:
+    """This command continues `run`, so the run directory Hydra made for it stays empty: its log file
+    moves to the run, and the directory is removed (or, if it holds anything else, names the run)."""
+    if not here.is_dir():
+        return
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None or hydra.mode == RunMode.MULTIRUN or Path(hydra.runtime.output_dir).resolve() != here:
+        (here / RESUMED_INTO).write_text(f"{run}\n")
+        return
+    move_log_files(here, run)
+    if remove_hydra_dir(here, run, hydra.output_subdir):
+        log.info("resume=true: removed %s, which Hydra had made for this command", here)
+
+
+def move_log_files(here: Path, run: Path) -> None:
+    """Point every logging file handler that writes into `here` (Hydra's job log, `train.log`) at the
+    file of the same name in `run`, appending what it wrote so far: the run's log has every segment."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, logging.FileHandler)}
+    for handler in handlers:
+        source = Path(handler.baseFilename)
+        if source.parent.resolve() != here:
+            continue
+        handler.acquire()
+        try:
+            if handler.stream is not None:
+                handler.stream.close()  # flushes
+                handler.stream = None
+            if source.is_file():
+                with open(run / source.name, "ab") as target:
+                    target.write(source.read_bytes())
+                source.unlink()
+            # FileHandler opens its file again, appending, at the next record.
+            handler.baseFilename, handler.mode = os.fspath(run / source.name), "a"
+        finally:
+            handler.release()
+
+
+def remove_hydra_dir(here: Path, run: Path, hydra_subdir: str | None = ".hydra") -> bool:
+    """Remove `here` if it holds nothing but Hydra's own files (`<hydra_subdir>/` with the command's
+    config, overrides and Hydra settings): one by one by name, never a whole tree, so nothing else can
+    go. Anything more and it is kept, with `resumed_into.txt` naming the run it continued. True if removed."""
+    subdir = here / hydra_subdir if hydra_subdir else None
+    hydra_only = {p.name for p in here.iterdir()} <= ({hydra_subdir} if hydra_subdir else set()) and (
+        subdir is None or not subdir.exists()
+        or (subdir.is_dir() and not subdir.is_symlink()
+            and all(p.name in HYDRA_FILES and p.is_file() and not p.is_symlink() for p in subdir.iterdir()))
+    )  # fmt: skip
+    if hydra_only:
+        try:
+            if subdir is not None and subdir.exists():
+                for name in HYDRA_FILES:
+                    (subdir / name).unlink(missing_ok=True)
+                subdir.rmdir()
+            here.rmdir()  # fails if anything appeared meanwhile
+            return True
+        except OSError as err:
+            log.warning("resume=true: could not remove %s (%s); it names the run it continued", here, err)
+    (here / RESUMED_INTO).write_text(f"{run}\n")
+    return False
 
 
 def resumes_in_place(cfg: DictConfig) -> bool:
