@@ -4,16 +4,15 @@ losses, and that `attnlab-reproduce` re-runs a run with its recorded config.
 
 One small two-job sweep with every logger (`logger=many`, `model.n_heads=2,4`) runs once for the module,
 in this process, with a fake WANDB_API_KEY (and another fake secret) in the environment; W&B stays
-offline (conftest sets WANDB_MODE=offline). W&B's offline run file (`run-<id>.wandb`) is read with the
-record format W&B itself writes (a LevelDB-style log of protobuf `Record`s), so the checks see what
-`wandb sync` would upload.
+offline (conftest sets WANDB_MODE=offline). W&B's offline run file (`run-<id>.wandb`) is read with W&B's
+own reader (`wandb leet inspect`), so the checks see what `wandb sync` would upload.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,53 +44,30 @@ def run_train(*argv: str) -> None:
         sys.argv = saved
 
 
-# -- W&B's offline run file ----------------------------------------------------------------------------
+# -- W&B's offline run, read with W&B's own reader -------------------------------------------------------
 
 
-def wandb_records(path: Path) -> list:
-    """Every `Record` in a `.wandb` file: a 7-byte header, then 32 KiB blocks of chunks (crc32, length,
-    type: full / first / middle / last), each record a serialized wandb_internal_pb2.Record."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, records, pending = 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # no room for a chunk header: the block is padded
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 2):  # full, first
-            pending = chunk
-        elif kind in (3, 4):  # middle, last
-            pending += chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
+def wandb_inspect(run_dir: Path, *flags: str) -> str:
+    """`wandb leet inspect <flags> <run dir>`: W&B's own reader of its offline transaction log (the records
+    `wandb sync` would upload), so a wandb or protobuf release cannot break a reader of ours."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    done = subprocess.run([str(wandb_cli), "leet", "inspect", *flags, str(run_dir)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def wandb_run(job_dir: Path) -> dict:
-    """The offline W&B run of one job: its run record fields, config, last summary values, exit code."""
-    files = list(job_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1, files
-    run, config, summary, exit_code = None, {}, {}, None
-    for record in wandb_records(files[0]):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-        elif kind in ("config", "summary"):
-            target = config if kind == "config" else summary
-            for item in getattr(record, kind).update:
-                target[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
-        elif kind == "exit":
-            exit_code = record.exit.exit_code
-    assert run is not None
-    return {"id": run.run_id, "name": run.display_name, "group": run.run_group, "job_type": run.job_type,
-            "tags": list(run.tags), "project": run.project, "config": config, "summary": summary,
-            "exit_code": exit_code}  # fmt: skip
+    """The offline W&B run of one job: name, project, tags, state, exit code, config and latest summary (from
+    `--summary --json`), and its group and job type (from the run record, `--json`)."""
+    (run_dir,) = job_dir.glob("wandb/offline-run-*")
+    run = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+    records = [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines() if line.strip()]
+    (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+    return {"id": run["run_id"], "name": run["name"], "group": run_record.get("run_group"),
+            "job_type": run_record.get("job_type"), "tags": run["tags"], "project": run["project"],
+            "config": run["config"], "summary": run["summary"], "state": run["state"],
+            "exit_code": run["exit_code"]}  # fmt: skip
 
 
 # -- the sweep -----------------------------------------------------------------------------------------
@@ -118,7 +94,7 @@ def test_each_sweep_job_is_its_own_finished_wandb_run_in_one_group(sweep):
         assert run["job_type"] == "train"
         assert run["tags"] == ["model.n_heads"]  # the swept keys
         assert run["name"] == f"n_heads={heads}"  # from the job's overrides
-        assert run["exit_code"] == 0  # every job called finish: no job logged into another's run
+        assert run["state"] == "finished" and run["exit_code"] == 0  # every job called finish: no job logged into another's run
         # The full resolved config, and the job's own value in it.
         assert run["config"]["model"]["n_heads"] == heads
         assert run["config"]["model"]["d_model"] == 64 and run["config"]["seed"] == 0
