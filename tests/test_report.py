@@ -18,18 +18,23 @@ from attnlab.report import main, report
 CONFIG = {"seed": 0, "data": {"source": "synthetic"}, "model": {"n_heads": 4, "dropout": 0.1}, "paths": {"x": 1}}
 
 
-def make_run(run_dir: Path, overrides: list[str], val_loss: list[float], exact: float, status: str = "ok",
-             config: dict | None = None, result: bool = True) -> Path:
-    """A run directory as attnlab-train leaves it: .hydra/, csv/metrics.csv, result.json."""
+def make_run(run_dir: Path, overrides: list[str], val_loss: list[float], exact: float | list[float],
+             status: str = "ok", config: dict | None = None, result: bool = True, test: float | None = None) -> Path:
+    """A run directory as attnlab-train leaves it: .hydra/, csv/metrics.csv, result.json.
+    `exact`: one val exact match for every epoch, or one per epoch; `test`: a test row's exact match."""
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or CONFIG))
     (run_dir / "csv").mkdir()
+    exacts = exact if isinstance(exact, list) else [exact] * len(val_loss)
     with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "step", "train/loss_epoch", "train/nll", "val/loss", "val/ppl", "val/exact_match"])
-        for epoch, loss in enumerate(val_loss):
-            w.writerow([epoch, 10 * (epoch + 1), loss + 0.1, loss, loss, round(2.718281828 ** loss, 6), exact])
+        w.writerow(["epoch", "step", "train/loss_epoch", "train/nll", "val/loss", "val/ppl", "val/exact_match",
+                    "test/exact_match"])  # fmt: skip
+        for epoch, (loss, em) in enumerate(zip(val_loss, exacts)):
+            w.writerow([epoch, 10 * (epoch + 1), loss + 0.1, loss, loss, round(2.718281828 ** loss, 6), em, ""])
+        if test is not None:
+            w.writerow([len(val_loss), 10 * len(val_loss), "", "", "", "", "", test])
     if result:
         (run_dir / "result.json").write_text(json.dumps({
             "status": status, "overrides": overrides, "error": "boom: bad thing" if status == "failed" else None,
@@ -118,3 +123,111 @@ def test_cli_names_a_missing_directory(tmp_path: Path, capsys) -> None:
         main([str(tmp_path / "nope")])
     assert stop.value.code == 2
     assert "nope: no such directory" in capsys.readouterr().err
+
+
+# -- where each number comes from, and the plots --------------------------------------------------------
+
+CHECKPOINTED = {**CONFIG, "callbacks": {"model_checkpoint": {"monitor": "val/loss", "mode": "min", "save_top_k": 1}}}
+
+
+def test_headers_say_which_epoch_and_checkpoint_each_number_comes_from(tmp_path: Path) -> None:
+    """val columns: the last epoch; best val: its epoch; test: the min-val-loss checkpoint and its epoch."""
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0", ["model.positional=sinusoidal"], [2.0, 0.9, 1.1], exact=[0.1, 0.5, 0.4],
+             config=CHECKPOINTED, test=0.45)  # fmt: skip
+    make_run(sweep / "1", ["model.positional=none"], [2.0, 1.9, 1.8], exact=[0.0, 0.02, 0.01],
+             config=CHECKPOINTED, test=0.01)  # fmt: skip
+    files = report([str(sweep)], tmp_path / "out", plots=False)
+    md = files["markdown"].read_text()
+    header = md.splitlines()[2]
+    for label in ("val loss, last epoch", "val exact match, last epoch", "best val exact match (epoch)",
+                  "test exact match (min val loss ckpt, epoch)"):  # fmt: skip
+        assert f"| {label} |" in header, header
+    sinusoidal = next(line for line in md.splitlines() if "| sinusoidal |" in line).split(" | ")
+    assert "0.5 (ep 2)" in sinusoidal  # best exact match in the 2nd epoch
+    assert "0.45 (ep 2)" in sinusoidal  # tested on the 2nd epoch's checkpoint (val loss 0.9)
+    assert "0.4" in sinusoidal and "1.1" in sinusoidal  # val: the last epoch's
+    assert "Epochs count from 1" in md
+    rows = _csv(files["csv"])
+    assert [r["test/exact_match_epoch"] for r in rows] == ["2", "3"]
+    assert [r["best:val/exact_match_epoch"] for r in rows] == ["2", "2"]
+
+
+def test_without_a_best_checkpoint_test_is_labelled_final_weights(tmp_path: Path) -> None:
+    make_run(tmp_path / "s" / "0", ["model.n_heads=2"], [2.0, 1.0], exact=0.5, test=0.5)
+    make_run(tmp_path / "s" / "1", ["model.n_heads=4"], [2.0, 1.0], exact=0.5, test=0.5)
+    files = report([str(tmp_path / "s")], tmp_path / "out", plots=False)
+    assert "| test exact match (final weights) |" in files["markdown"].read_text()
+    assert [(r["test/exact_match"], r["test/exact_match_epoch"]) for r in _csv(files["csv"])] == [("0.5", "")] * 2
+
+
+def test_an_all_failed_sweep_writes_no_png_and_says_so(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0", ["model.positional=sinusoidal"], [], exact=0.0, status="failed")
+    make_run(sweep / "1", ["model.positional=none"], [], exact=0.0, status="failed")
+    files = report([str(sweep)], tmp_path / "out")
+    assert list((tmp_path / "out").glob("*.png")) == []
+    assert not [name for name in files if name not in ("markdown", "csv")]
+    assert "No plots: no run logged val/loss (every job failed" in files["markdown"].read_text()
+
+
+def _figures(tmp_path: Path, axis: str, values: list[str], curves: list[list[float]]):
+    from attnlab.report_data import load
+
+    for n, (value, losses) in enumerate(zip(values, curves)):
+        make_run(tmp_path / "sweep" / str(n), [f"{axis}={value}"], losses, exact=0.5)
+    return load([str(tmp_path / "sweep")])
+
+
+def test_categories_are_points_numbers_are_lines(tmp_path: Path) -> None:
+    from attnlab.report_plots import metric_vs_axis_figure
+
+    jobs, keys, rows = _figures(tmp_path / "c", "model.positional", ["sinusoidal", "rope", "none"], [[1.0]] * 3)
+    ax = metric_vs_axis_figure(rows, keys, "model.positional", "val/loss").axes[0]
+    data = [line for line in ax.lines if line.get_marker() == "o"]  # the means (the rest are std-bar caps)
+    assert [len(line.get_xdata()) for line in data] == [3]
+    assert data[0].get_linestyle() == "None"  # nothing joins the categories
+    jobs, keys, rows = _figures(tmp_path / "n", "model.n_heads", ["2", "16"], [[1.0], [1.2]])
+    ax = metric_vs_axis_figure(rows, keys, "model.n_heads", "val/loss").axes[0]
+    assert [line.get_linestyle() for line in ax.lines if line.get_marker() == "o"] == ["-"]
+
+
+def test_log_axis_ticks_are_plain_numbers(tmp_path: Path) -> None:
+    from attnlab.report_plots import curves_figure
+
+    jobs, keys, _ = _figures(tmp_path, "model.positional", ["sinusoidal", "none"], [[1.7, 0.9, 0.6], [1.7, 1.6, 1.6]])
+    fig = curves_figure(jobs, keys, ["val/loss"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    shown = [(t.get_position()[1], t.get_text()) for t in ax.get_yticklabels(which="both") if t.get_text()]
+    shown = [(y, text) for y, text in shown if low <= y <= high]
+    assert len(shown) >= 3, shown
+    for y, text in shown:
+        assert "$" not in text and float(text) == pytest.approx(y), text  # "0.6", not "6x10^-1"
+
+
+def test_identical_curves_do_not_hide_each_other(tmp_path: Path) -> None:
+    from attnlab.report_plots import curves_figure
+
+    jobs, keys, _ = _figures(tmp_path, "model.norm", ["post", "pre"], [[1.5, 1.0], [1.5, 1.0]])
+    ax = curves_figure(jobs, keys, ["val/loss"]).axes[0]
+    a, b = ax.lines
+    assert list(a.get_ydata()) == list(b.get_ydata())
+    assert (a.get_linestyle(), a.get_marker()) != (b.get_linestyle(), b.get_marker())
+    assert a.get_marker() != b.get_marker() and a.get_markerfacecolor() == "none"  # hollow: both show
+    assert a.get_alpha() < 1 and b.get_alpha() < 1
+
+
+def test_a_resumed_runs_time_is_marked_as_its_last_segment(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0", ["model.n_heads=2"], [1.0], exact=0.5)
+    resumed = make_run(sweep / "1", ["model.n_heads=4"], [1.0], exact=0.5)
+    (resumed / "metadata.json").write_text(json.dumps({"started": "2026-01-01T00:00:00+00:00",
+                                                       "resumes": [{"started": "2026-01-01T01:00:00+00:00"}]}))
+    files = report([str(sweep)], tmp_path / "out", plots=False)
+    rows = _csv(files["csv"])
+    assert [r["segments"] for r in rows] == ["1", "2"]
+    md = files["markdown"].read_text()
+    assert "| ≥5 |" in md and md.count("| 5 |") == 1  # result.json's wall_time_s, the last segment only
+    assert "metadata.json records when each segment started but not when the earlier ones ended" in md

@@ -18,14 +18,31 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import explain_and_exit
-from .report_data import SEED, Job, Row, load
+from .report_data import SEED, Job, Row, load, test_checkpoint
 
 console = Console(width=200)
-# (column, header); the quality columns depend on the task (see quality_columns).
+# (column, header). Headers say where a number comes from: train and val columns are the last
+# epoch's (runlog.last_values), `best val` the best epoch of that metric, test the checkpoint
+# train.py tested (see test_source); the quality columns depend on the task (quality_columns).
 LOSS_COLUMNS = [
-    ("train/loss", "train loss"), ("train/ppl", "train ppl"), ("val/loss", "val loss"), ("val/ppl", "val ppl")
+    ("train/loss", "train loss, last epoch"), ("train/ppl", "train ppl, last epoch"),
+    ("val/loss", "val loss, last epoch"), ("val/ppl", "val ppl, last epoch"),
 ]
 RUN_COLUMNS = [("parameters", "params"), ("steps", "steps"), ("time_s", "time s")]
+RESUMED = "≥"  # marks the time of a resumed run: its last segment only (see notes)
+
+
+def test_source(jobs: list[Job]) -> str:
+    """`min val loss ckpt` when every run tested the checkpoint with the lowest val/loss, as
+    train.py does with `callbacks.model_checkpoint`; `final weights` without one."""
+    sources = {test_checkpoint(j.config) for j in jobs}
+    if len(sources) > 1:
+        return "best ckpt of each run's callbacks.model_checkpoint"
+    source = sources.pop() if sources else None
+    if source is None:
+        return "final weights"
+    monitor, mode = source
+    return f"{mode} {monitor.replace('/', ' ').replace('_', ' ')} ckpt"
 
 
 def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
@@ -35,9 +52,19 @@ def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
     else:
         names = ["bleu", "chrf"]
     label = {n: n.replace("_", " ") for n in names}
-    cols = [(f"val/{n}", f"val {label[n]}") for n in names] + [(f"best:val/{n}", f"best val {label[n]}") for n in names]
-    cols += [(f"test/{n}", f"test {label[n]}") for n in names]  # test: on the best checkpoint
+    cols = [(f"val/{n}", f"val {label[n]}, last epoch") for n in names]
+    cols += [(f"best:val/{n}", f"best val {label[n]} (epoch)") for n in names]
+    source = test_source(jobs)
+    source += "" if source == "final weights" else ", epoch"
+    cols += [(f"test/{n}", f"test {label[n]} ({source})") for n in names]
     return [c for c in cols if any(c[0] in j.values for j in jobs)]
+
+
+def epoch_key(column: str) -> str | None:
+    """Where Job.epochs keeps the epoch a column's number comes from."""
+    if column.startswith("best:"):
+        return column
+    return "test" if column.startswith("test/") else None
 
 
 def columns(jobs: list[Job]) -> list[tuple[str, str]]:
@@ -58,7 +85,28 @@ def cell(row: Row, column: str) -> str:
     if column not in row.stats:
         return ""
     mean, std = row.stats[column]
-    return fmt(mean, column) + (f" ± {fmt(std, column)}" if std is not None else "")
+    text = fmt(mean, column) + (f" ± {fmt(std, column)}" if std is not None else "")
+    epochs = row.epochs(epoch_key(column)) if epoch_key(column) else ""
+    if epochs:
+        text += f" (ep {epochs})"
+    if column == "time_s" and row.segments > 1:
+        text = RESUMED + text
+    return text
+
+
+def notes(rows: list[Row], cols) -> list[str]:
+    """What the column labels cannot say in a few words."""
+    names = {c for c, _ in cols}
+    out = []
+    if any(c.startswith(("best:", "test/")) for c in names):
+        out.append("Epochs count from 1. `best val`: the best epoch of each metric on its own. `test`: the "
+                   "checkpoint named in the header (callbacks.model_checkpoint; train.py tests it), from the epoch "
+                   "in brackets; `final weights` when the run kept no best checkpoint.")
+    if "time_s" in names and any(r.segments > 1 for r in rows):
+        out.append(f"time s: wall seconds of the job. {RESUMED} marks a resumed run: the time of its last segment "
+                   "only, because metadata.json records when each segment started but not when the earlier "
+                   "ones ended.")
+    return out
 
 
 def header_cells(keys: list[str], rows: list[Row], cols: list[tuple[str, str]]) -> tuple[list[str], bool]:
@@ -89,10 +137,11 @@ def terminal_table(keys: list[str], rows: list[Row], cols, title: str) -> Table:
     return table
 
 
-def markdown(keys: list[str], rows: list[Row], cols, title: str) -> str:
+def markdown(keys: list[str], rows: list[Row], cols, title: str, extra: list[str] = ()) -> str:
     head, folded = header_cells(keys, rows, cols)
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row_cells(r, keys, cols, folded)) + " |" for r in rows]
+    lines += [line for note in [*notes(rows, cols), *extra] for line in ("", note)]
     errors = [e for r in rows for e in r.errors]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- {e}" for e in errors]
@@ -103,15 +152,18 @@ def write_csv(path: Path, keys: list[str], rows: list[Row], cols) -> None:
     """Plain numbers (no formatting), a `_std` column beside each metric, and every run directory."""
     axes = [k for k in keys if k != SEED]
     metric_cols = [c for c, _ in cols]
+    # the epoch each best / test number comes from (comma-separated for folded seeds)
+    epoch_cols = [c for c in metric_cols if epoch_key(c)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", *axes, "seeds", "n", "status"] + [h for c in metric_cols for h in (c, f"{c}_std")]
-                        + ["error", "run_dirs"])
+                        + [f"{c}_epoch" for c in epoch_cols] + ["segments", "error", "run_dirs"])
         for r in rows:
             stats = [v for c in metric_cols for v in r.stats.get(c, ("", ""))]
             writer.writerow([r.label, *r.axes.values(), r.seeds, len(r.jobs), r.status]
                             + ["" if v is None else v for v in stats]
-                            + ["; ".join(r.errors), "; ".join(str(j.run_dir) for j in r.jobs)])
+                            + [r.epochs(epoch_key(c)) for c in epoch_cols]
+                            + [r.segments, "; ".join(r.errors), "; ".join(str(j.run_dir) for j in r.jobs)])
 
 
 def report(paths: list[str], out: Path | None = None, plots: bool = True, by_seed: bool = True) -> dict[str, Path]:
@@ -122,6 +174,8 @@ def report(paths: list[str], out: Path | None = None, plots: bool = True, by_see
     cols = columns(jobs)
     title = f"attnlab report: {len(jobs)} runs, " + (f"swept: {', '.join(keys)}" if keys else "no differing overrides")
     console.print(terminal_table(keys, rows, cols, title))
+    for note in notes(rows, cols):
+        console.print(note, highlight=False, markup=False)
     for error in (e for r in rows for e in r.errors):
         console.print(f"[red]failed[/red] {error}", highlight=False, markup=True)
     files = {"markdown": out / "report.md", "csv": out / "report.csv"}
@@ -134,7 +188,12 @@ def report(paths: list[str], out: Path | None = None, plots: bool = True, by_see
     if plots:
         from .report_plots import plot_all
 
-        files.update(plot_all(jobs, keys, rows, cols, out))
+        plotted, skipped = plot_all(jobs, keys, rows, cols, out)
+        files.update(plotted)
+        if skipped:  # the plots that were not drawn, and why, below the table too
+            for line in skipped:
+                console.print(line, highlight=False, markup=False)
+            files["markdown"].write_text(markdown(keys, rows, cols, title, skipped))
     console.print("written: " + ", ".join(str(p) for p in files.values()), highlight=False)
     return files
 

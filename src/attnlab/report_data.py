@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import runlog
+from . import metadata, runlog
 from .jobs import RESULT_FILE, RESUMED_INTO, read_result
 
 # Keys that say where a run went, not what it was; never an ablation axis.
@@ -33,6 +33,9 @@ class Job:
     error: str | None
     values: dict[str, float]
     rows: list[dict[str, float]] = field(repr=False, default_factory=list)  # metrics.csv, for curves
+    # column -> the epoch (from 1) its number comes from: `best:val/*` and the test checkpoint's
+    epochs: dict[str, int] = field(default_factory=dict)
+    segments: int = 1  # 1 + the times the run was resumed (metadata.json)
 
 
 @dataclass
@@ -57,6 +60,15 @@ class Row:
         if len(set(states)) == 1:
             return states[0]
         return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+
+    @property
+    def segments(self) -> int:
+        return max(j.segments for j in self.jobs)
+
+    def epochs(self, column: str) -> str:
+        """`4` or, for folded seeds, `4,5,4`: the epoch each job's number in `column` comes from."""
+        found = [str(j.epochs[column]) for j in self.jobs if column in j.epochs]
+        return ",".join(found)
 
     @property
     def errors(self) -> list[str]:
@@ -121,6 +133,7 @@ def load_job(run_dir: Path) -> Job:
         config = _flatten(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False))
     rows = runlog.read_rows(runlog.find_metrics_csv(run_dir))
     status = result.get("status", "unfinished")
+    record = metadata.read(run_dir) or {}
     return Job(
         run_dir=run_dir,
         label=f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
@@ -130,7 +143,45 @@ def load_job(run_dir: Path) -> Job:
         error=result.get("error"),
         values=_values(result, rows),
         rows=rows,
+        epochs=_epochs(rows, test_checkpoint(config)),
+        segments=1 + len(record.get("resumes") or []),
     )
+
+
+def test_checkpoint(config: dict[str, str]) -> tuple[str, str] | None:
+    """(monitor, mode) of the checkpoint train.py tests: `trainer.checkpoint_callback`, Lightning's
+    first ModelCheckpoint, which is `callbacks.model_checkpoint` in every callbacks preset; None when
+    the run had none (then the test ran on the final weights)."""
+    monitor = config.get("callbacks.model_checkpoint.monitor")
+    if monitor in (None, "None") or config.get("callbacks.model_checkpoint.save_top_k") == "0":
+        return None
+    return monitor, config.get("callbacks.model_checkpoint.mode", "min")
+
+
+def _best_epoch(rows: list[dict[str, float]], key: str, mode: str) -> int | None:
+    """The first epoch (from 1) where `key` reached its best, as ModelCheckpoint and
+    runlog.best_values pick it (a tie keeps the earlier epoch)."""
+    best, epoch = None, None
+    for row in rows:
+        value = row.get(key)
+        if value is None or math.isnan(value) or "epoch" not in row:
+            continue
+        if best is None or (value > best if mode == "max" else value < best):
+            best, epoch = value, int(row["epoch"]) + 1
+    return epoch
+
+
+def _epochs(rows: list[dict[str, float]], checkpoint: tuple[str, str] | None) -> dict[str, int]:
+    epochs = {}
+    for key in runlog.best_values(rows):
+        epoch = _best_epoch(rows, key, "max" if key.endswith(runlog.HIGHER_IS_BETTER) else "min")
+        if epoch is not None:
+            epochs[f"best:{key}"] = epoch
+    if checkpoint and any(k.startswith("test/") for r in rows for k in r):
+        epoch = _best_epoch(rows, *checkpoint)
+        if epoch is not None:
+            epochs["test"] = epoch
+    return epochs
 
 
 def _values(result: dict, rows: list[dict[str, float]]) -> dict[str, float]:

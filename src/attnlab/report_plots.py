@@ -1,5 +1,6 @@
 """The report's PNGs: validation curves of every run overlaid (from each run's metrics.csv), and
-the quality metric against each swept value (mean with a std bar when seeds were folded)."""
+the quality metric against each swept value (mean with a std bar when seeds were folded). A plot
+with nothing to draw is not written; `plot_all` says which and why."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from . import runlog  # noqa: E402
 from .report_data import SEED, Job, Row, axis_value, quality_column  # noqa: E402
@@ -19,37 +21,73 @@ def _label(job: Job, keys: list[str]) -> str:
 
 
 SEED_MARKERS = ".ox^sv*+"
+# Per configuration, beside its colour: runs whose curves coincide (two settings that train the
+# same, or a run and its reproduction) must not hide each other, so each also gets its own dash
+# pattern and hollow marker, and lines are slightly transparent. Dotted stays for failed runs.
+CONFIG_STYLES = ["-", "--", "-.", (0, (6, 2, 1, 2, 1, 2))]
+CONFIG_MARKERS = "osD^vP*X"
 
 
-def curves(jobs: list[Job], keys: list[str], metrics: list[str], path: Path) -> Path:
-    """One colour per configuration (the swept values but the seed), one marker per seed: replicates
-    of a configuration read as one band, and colours do not repeat before configurations do."""
-    config_of = [_label(job, [k for k in keys if k != SEED]) for job in jobs]
-    configs = list(dict.fromkeys(config_of))
-    palette = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
-    seeds = list(dict.fromkeys(axis_value(job, SEED) for job in jobs)) if SEED in keys else []
-    colors = [palette(configs.index(config) % palette.N) for config in config_of]
-    markers = [SEED_MARKERS[seeds.index(axis_value(job, SEED)) % len(SEED_MARKERS)] if seeds else "." for job in jobs]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for job, color, marker in zip(jobs, colors, markers):
-            points = runlog.curve(job.rows, metric)
-            if points:
-                style = "-" if job.status == "ok" else ":"  # failed/unfinished runs dotted
-                ax.plot(*zip(*points), style, marker=marker, markersize=4, color=color, label=_label(job, keys))
-        ax.set(xlabel="step", ylabel=metric, title=f"{metric} per validation")
-        if metric.endswith("loss") or metric.endswith("ppl"):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+class PlainLogFormatter(ticker.LogFormatter):
+    """Tick labels like 0.6 and 2 on a log axis instead of 6x10^-1: minor ticks labelled (as
+    matplotlib's LogFormatter chooses, only where the axis spans under 2 decades), plain numbers."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _plain_log_axis(ax) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def metric_vs_axis(rows: list[Row], keys: list[str], axis: str, metric: str, path: Path) -> Path:
-    """One line per combination of the other swept keys, x = the values of `axis` in report order."""
+def curves_figure(jobs: list[Job], keys: list[str], metrics: list[str]):
+    """One colour, dash pattern and marker per configuration (the swept values but the seed); with
+    seeds, one marker per seed instead, so replicates of a configuration read as one band."""
+    config_of = [_label(job, [k for k in keys if k != SEED]) for job in jobs]
+    configs = list(dict.fromkeys(config_of))
+    palette = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    seeds = list(dict.fromkeys(axis_value(job, SEED) for job in jobs)) if SEED in keys else []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for job, config in zip(jobs, config_of):
+            points = runlog.curve(job.rows, metric)
+            if not points:
+                continue
+            c = configs.index(config)
+            marker = (SEED_MARKERS[seeds.index(axis_value(job, SEED)) % len(SEED_MARKERS)] if seeds
+                      else CONFIG_MARKERS[c % len(CONFIG_MARKERS)])
+            style = CONFIG_STYLES[c % len(CONFIG_STYLES)] if job.status == "ok" else ":"  # failed/unfinished dotted
+            ax.plot(*zip(*points), linestyle=style, marker=marker, markersize=6, markerfacecolor="none",
+                    color=palette(c % palette.N), alpha=0.8, label=_label(job, keys))
+        ax.set(xlabel="step", ylabel=metric, title=f"{metric} per validation")
+        if metric.endswith("loss") or metric.endswith("ppl"):
+            _plain_log_axis(ax)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    return fig
+
+
+def _is_numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
+
+
+def metric_vs_axis_figure(rows: list[Row], keys: list[str], axis: str, metric: str):
+    """One series per combination of the other swept keys, x = the values of `axis` in report order.
+    Numbers (heads, layers) are joined by lines; categories (positional kinds) are not, as there is
+    nothing between them: points with std bars, the series side by side."""
     others = [k for k in keys if k not in (axis, SEED)]
     xs = list(dict.fromkeys(r.axes[axis] for r in rows))
     lines: dict[str, dict[str, tuple[float, float]]] = {}
@@ -58,27 +96,39 @@ def metric_vs_axis(rows: list[Row], keys: list[str], axis: str, metric: str, pat
             name = " ".join(f"{k.split('.')[-1]}={r.axes[k]}" for k in others) or metric
             mean, std = r.stats[metric]
             lines.setdefault(name, {})[r.axes[axis]] = (mean, std or 0.0)
+    numeric = _is_numeric(xs)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, points in lines.items():
+    for i, (name, points) in enumerate(lines.items()):
         present = [x for x in xs if x in points]
-        ax.errorbar([xs.index(x) for x in present], [points[x][0] for x in present],
-                    yerr=[points[x][1] for x in present], marker="o", capsize=3, label=name)
+        shift = 0.0 if numeric else 0.25 * (i - (len(lines) - 1) / 2) / max(1, len(lines) - 1)
+        ax.errorbar([xs.index(x) + shift for x in present], [points[x][0] for x in present],
+                    yerr=[points[x][1] for x in present], marker="o", capsize=3, label=name,
+                    linestyle="-" if numeric else "none")
     ax.set_xticks(range(len(xs)), xs)
+    if not numeric:
+        ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set(xlabel=axis, ylabel=metric, title=f"{metric} vs {axis}")
     ax.grid(alpha=0.3)
     if len(lines) > 1:
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_all(jobs: list[Job], keys: list[str], rows: list[Row], cols, out: Path) -> dict[str, Path]:
+def plot_all(jobs: list[Job], keys: list[str], rows: list[Row], cols, out: Path) -> tuple[dict[str, Path], list[str]]:
+    """({name: PNG written}, [a line for each plot left out and why])."""
     quality = quality_column(cols)
-    files = {"curves": curves(jobs, keys, ["val/loss"] + ([quality] if quality else []), out / "curves.png")}
+    metrics = ["val/loss"] + ([quality] if quality else [])
+    drawn = [m for m in metrics if any(runlog.curve(job.rows, m) for job in jobs)]
+    if not drawn:
+        return {}, [f"No plots: no run logged {' or '.join(metrics)} (every job failed or stopped before "
+                    "its first validation)."]
+    files = {"curves": _save(curves_figure(jobs, keys, drawn), out / "curves.png")}
+    skipped = []
     for axis in (k for k in keys if k != SEED):
         for metric in filter(None, (quality, "val/loss")):
             name = f"{metric.replace('/', '_')}_vs_{axis.replace('.', '_')}"
-            files[name] = metric_vs_axis(rows, keys, axis, metric, out / f"{name}.png")
-    return files
+            if any(metric in r.stats for r in rows):
+                files[name] = _save(metric_vs_axis_figure(rows, keys, axis, metric), out / f"{name}.png")
+            else:
+                skipped.append(f"No {name}.png: no run has {metric}.")
+    return files, skipped
