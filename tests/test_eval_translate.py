@@ -89,7 +89,11 @@ def test_eval_command_scores_the_test_set_and_writes_hypotheses(ckpt, tmp_path):
     assert metrics["sentences"] == DATA["test_size"]
     assert metrics["sentences_per_sec"] > 0 and metrics["tokens_per_sec"] > metrics["sentences_per_sec"]
     assert 0 < metrics["loss"] < 0.5 and metrics["ppl"] == pytest.approx(2.718281828 ** metrics["loss"])
-    assert results["decode"]["strategy"] == "beam" and results["signatures"]["bleu"].startswith("nrefs:1")
+    assert results["signatures"]["bleu"].startswith("nrefs:1")
+    # The run's own decoding (fixtures_ckpt.DECODE: greedy, max_len_b=4), not eval's beam defaults.
+    assert results["decode"]["strategy"] == "greedy" and results["decode"]["max_len_b"] == 4
+    used = "decoding with strategy=greedy beam_size=4 length_penalty=0.6 max_len_a=1.0 max_len_b=4 n_best=1"
+    assert used in done.stdout
 
     # The hypotheses file sits next to results.json, one line per test sentence, and its
     # exact match against the references is the one reported.
@@ -341,9 +345,122 @@ def test_impossible_decode_settings_are_refused(ckpt, run_app, overrides, expect
 
 def test_decode_keys_reach_the_search(ckpt, run_app):
     """min_len and the a * src_len + b limit given on the command line change the output length."""
-    status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", "+decode.min_len=8", stdin="a b c\n")
+    # max_len_b=20 on the command line beats the run's 4 (which would stop at 7 words and EOS).
+    status, out, _ = run_app(
+        translate, f"ckpt={ckpt}", "decode=greedy", "+decode.min_len=8", "decode.max_len_b=20", stdin="a b c\n"
+    )
     assert status == 0 and len(out.split()) >= 8
     # "a b c" is 4 source tokens with EOS: a limit of 0.5 * 4 + 0 = 2 tokens leaves one word before EOS.
     status, out, _ = run_app(translate, f"ckpt={ckpt}", "decode=greedy", "decode.max_len_a=0.5", "decode.max_len_b=0",
                           stdin="a b c\n")
     assert status == 0 and out == "c\n"
+
+
+# -- the run's decoding, and bad options (issue 18) -----------------------------------------------------
+
+
+def _beam_alpha_1(data: dict) -> dict:
+    decode = {"strategy": "beam", "beam_size": 3, "n_best": 1, "length_penalty": 1.0, "max_len_a": 1.0,
+              "max_len_b": 4, "compile": False}  # fmt: skip
+    return {**data["hyper_parameters"], "decode": decode}
+
+
+@pytest.fixture(scope="module")
+def beam_run(trained_run, tmp_path_factory) -> Path:  # noqa: F811
+    """The fixture run's checkpoint as if trained with decode=beam decode.beam_size=3 decode.length_penalty=1.0."""
+    run = tmp_path_factory.mktemp("beam_run")
+    (run / "checkpoints").mkdir()
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_bytes((trained_run / ".hydra" / "config.yaml").read_bytes())
+    edit = _edited(hyper_parameters=_beam_alpha_1)
+    edit(trained_run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    return run / "checkpoints" / "last.ckpt"
+
+
+def _decoding_line(text: str) -> str:
+    (line,) = [line for line in text.splitlines() if "decoding with strategy=" in line]
+    return line
+
+
+def test_eval_decodes_with_the_runs_settings_unless_given(beam_run, tmp_path, run_app):
+    status, out, err = run_app(evaluate, f"ckpt={beam_run}", "limit=8", f"paths.log_dir={tmp_path / 'a'}")
+    assert status == 0, err
+    line = _decoding_line(out)
+    assert "strategy=beam beam_size=3 length_penalty=1.0 max_len_a=1.0 max_len_b=4 n_best=1" in line, line
+    assert "from the checkpoint's run)" in line
+    [results] = (tmp_path / "a").glob("eval/runs/*/results.json")
+    assert json.loads(results.read_text())["decode"]["length_penalty"] == 1.0
+    status, out, err = run_app(evaluate, f"ckpt={beam_run}", "limit=8", "decode.length_penalty=0.3",
+                               f"paths.log_dir={tmp_path / 'b'}")  # fmt: skip
+    assert status == 0, err
+    line = _decoding_line(out)
+    assert "length_penalty=0.3" in line and "beam_size=3" in line and "command line: length_penalty" in line, line
+    [results] = (tmp_path / "b").glob("eval/runs/*/results.json")
+    assert json.loads(results.read_text())["decode"]["length_penalty"] == 0.3
+
+
+def test_translate_decodes_with_the_runs_settings_unless_given(ckpt, beam_run, run_app):
+    status, out, err = run_app(translate, f"ckpt={beam_run}", "decode.n_best=3", stdin="a b c\n")
+    assert status == 0 and len(out.splitlines()) == 3, err
+    assert "strategy=beam beam_size=3 length_penalty=1.0" in _decoding_line(err)
+    assert "decoding with" not in out  # stdout holds translations only
+    # decode=greedy on the command line beats the run's beam search.
+    status, out, err = run_app(translate, f"ckpt={beam_run}", "decode=greedy", stdin="a b c\n")
+    assert status == 0 and out == "c b a\n" and "strategy=greedy" in _decoding_line(err)
+    # A run that decoded greedily, asked for an n-best list: beam search (nothing else gives one).
+    status, out, err = run_app(translate, f"ckpt={ckpt}", "decode.n_best=2", stdin="a b c\n")
+    assert status == 0 and len(out.splitlines()) == 2 and "strategy=beam" in _decoding_line(err)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("module", [translate, evaluate], ids=["translate", "eval"])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_message(module, ckpt, tmp_path, run_app):
+    where = [f"paths.log_dir={tmp_path}"] if module is evaluate else []
+    status, out, err = run_app(module, f"ckpt={ckpt}", "device=cuda", *where, stdin="a b\n")
+    message = err.strip().splitlines()[-1]
+    assert status == 2 and out == "" and "device=cuda: this torch" in message and "use device=cpu" in message
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [(["batch_size=0"], "batch_size=0 must be a whole number >= 1"),
+     (["average_last=-3"], "average_last=-3 must be 0"),
+     (["output={tmp}"], "output={tmp} is a folder"),
+     (["output={tmp}/missing/out.txt"], "output={tmp}/missing/out.txt: the folder {tmp}/missing does not exist")],
+)  # fmt: skip
+def test_bad_translate_options_are_refused_before_decoding(overrides, expected, ckpt, tmp_path, run_app):
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    status, out, err = run_app(translate, f"ckpt={ckpt}", *overrides, stdin="a b\n")
+    assert status == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith(f"attnlab-translate: error: {expected.format(tmp=tmp_path)}"), err
+    assert "decoding with" not in err  # refused before the checkpoint was read or anything decoded
+
+
+@pytest.mark.faults
+def test_eval_refuses_negative_average_last_and_a_zero_batch(ckpt, tmp_path, run_app):
+    for option, expected in (("average_last=-3", "average_last=-3 must be 0"), ("batch_size=0", "batch_size=0")):
+        status, _, err = run_app(evaluate, f"ckpt={ckpt}", option, f"paths.log_dir={tmp_path}")
+        assert status == 2 and f"attnlab-eval: error: {expected}" in err
+
+
+def test_attention_png_into_a_folder_logs_the_file_written(ckpt, tmp_path, run_app):
+    status, _, err = run_app(translate, f"ckpt={ckpt}", f"attention_png={tmp_path}", stdin="a b c\n")
+    assert status == 0
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"written to {tmp_path / 'attention.png'}" in err and not Path(f"{tmp_path}.png").exists()
+
+
+@pytest.mark.faults
+def test_average_last_hint_works_as_written(trained_run, compose_train):  # noqa: F811
+    with pytest.raises(CheckpointError) as refused:
+        last_checkpoints(trained_run / "checkpoints", 9)
+    hint = str(refused.value).split("or ", 1)[1].split(" to keep")[0].split()
+    assert hint == ["callbacks=keep_last", "callbacks.keep_last.save_top_k=9"]
+    cfg = compose_train(*hint)  # the hint's overrides compose, and keep what they say
+    assert cfg.callbacks.keep_last.save_top_k == 9
+
+
+def test_slow_decoding_speed_is_not_rounded_to_zero():
+    assert [evaluate.rate(x) for x in (0.0123, 0.5, 47.61, 3479.4)] == ["0.0123", "0.5", "47.6", "3479"]

@@ -110,7 +110,8 @@ def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
     if len(by_step) < n:
         raise CheckpointError(
             f"{directory} holds checkpoints of {len(by_step)} distinct steps, fewer than the {n} to average; "
-            "train with callbacks.keep_last.save_top_k=N to keep the last N"
+            "train with callbacks=keep_last (it keeps the checkpoints of the last 5 epochs), or "
+            f"callbacks=keep_last callbacks.keep_last.save_top_k={n} to keep the last {n}"
         )
     return [by_step[s] for s in sorted(by_step)[-n:]]
 
@@ -159,7 +160,9 @@ def average_checkpoints(paths: Sequence[str | Path], out_path: str | Path) -> Pa
 def load_for_inference(ckpt: str | Path, average_last: int = 0, out_dir: str | Path = ".") -> TrainedModel:
     """`ckpt` itself, or with average_last=N the average of the last N checkpoints in its
     folder (`ckpt` may then be the folder), written to out_dir/averaged.ckpt and loaded."""
-    if average_last <= 0:
+    if average_last < 0:
+        raise CheckpointError(f"average_last={average_last}: give 0 (use the checkpoint as it is) or N >= 1")
+    if average_last == 0:
         return load_trained(ckpt)
     folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
     return load_trained(average_checkpoints(last_checkpoints(folder, average_last), Path(out_dir) / "averaged.ckpt"))

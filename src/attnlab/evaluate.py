@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 from torch.nn.utils.rnn import pad_sequence
@@ -26,7 +27,14 @@ from .data.text import CorpusError, read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .metrics import corpus_scores, exact_match, signatures
 from .runtime import keep_freed_memory
-from .translate import ERRORS, check_sentences, decode_settings
+from .translate import (
+    ERRORS,
+    check_batch_options,
+    check_device,
+    check_sentences,
+    describe_decoding,
+    run_decode_settings,
+)
 
 log = logging.getLogger("attnlab")
 
@@ -44,7 +52,14 @@ def run_data_config(cfg: DictConfig) -> tuple[dict, int]:
             "give data=... (e.g. data=reverse) or src_file=... ref_file=..."
         )
     run = OmegaConf.load(run_config)
-    return OmegaConf.to_container(run.data, resolve=False), int(run.get("seed", cfg.seed))
+    try:  # data.* may refer to the rest of the run's config (${model.max_len}, ${paths.data_dir})
+        data = OmegaConf.to_container(run.data, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"cannot read the data config of {run_config} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "give data=... or src_file=... ref_file=..."
+        ) from None
+    return data, int(run.get("seed", cfg.seed))
 
 
 def read_test_set(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -91,9 +106,13 @@ def teacher_forced_nll(trained: TrainedModel, sources: list[list[int]], referenc
 
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    decode_cfg = {**decode_settings(cfg.decode), "n_best": 1}
+    check_batch_options(cfg)
+    device = check_device(cfg.device)
     trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, out_dir)
-    trained.model.to(cfg.device)
+    decode_cfg, source = run_decode_settings(cfg.decode, trained.hparams)
+    decode_cfg["n_best"] = 1  # scores are of the best hypothesis
+    print(f"attnlab-eval: {describe_decoding(decode_cfg, source)}", flush=True)
+    trained.model.to(device)
     src_text, ref_text = read_test_set(cfg)
     sources = fit_sources([trained.src_tokenizer.encode(s) for s in src_text], trained.model, cfg.split)
 
@@ -122,6 +141,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "global_step": trained.global_step,
         "split": cfg.split if not cfg.src_file else str(cfg.src_file),
         "decode": decode_cfg,
+        "decode_from": source,
         "hypotheses": str(hyp_path),
     }
     (out_dir / "results.json").write_text(json.dumps(results_json, indent=2))
@@ -136,13 +156,20 @@ def print_results(metrics: dict, results: dict) -> None:
     table.add_row("exact match", f"{metrics['exact_match']:.4f}")
     table.add_row("loss (NLL/token)", f"{metrics['loss']:.4f}")
     table.add_row("perplexity", f"{metrics['ppl']:.2f}")
-    table.add_row("decoding speed", f"{metrics['sentences_per_sec']:.1f} sent/s, {metrics['tokens_per_sec']:.0f} tok/s")
+    speed = f"{rate(metrics['sentences_per_sec'])} sent/s, {rate(metrics['tokens_per_sec'])} tok/s"
+    table.add_row("decoding speed", speed)
     console = Console()
     console.print(table)
     for name in ("bleu", "chrf"):
         console.print(f"{name} signature: {results['signatures'][name]}", soft_wrap=True)
-    console.print(f"decode: {json.dumps(results['decode'])}", soft_wrap=True)
     console.print(f"hypotheses: {results['hypotheses']}", soft_wrap=True)
+
+
+def rate(per_second: float) -> str:
+    """Three significant figures at most, and never a slow rate rounded to 0."""
+    if per_second >= 100:
+        return f"{per_second:.0f}"
+    return f"{per_second:.3g}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -9,12 +9,14 @@ are truncated with a warning on stderr; empty input and empty lines are refused.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,9 +32,15 @@ log = logging.getLogger("attnlab")
 ERRORS = (*USER_ERRORS, CheckpointError)
 
 
-def decode_settings(decode: DictConfig) -> dict:
+# Keys that only beam search reads: giving one on the command line asks for beam search.
+BEAM_ONLY = ("beam_size", "n_best", "length_penalty")
+# How fast to decode, not what: the command's own setting, never the training run's.
+PROCESS_KEYS = ("compile",)
+
+
+def decode_settings(decode: DictConfig | dict) -> dict:
     """`decode.*` as keyword arguments of `attnlab.decoding.decode`, checked."""
-    d = OmegaConf.to_container(decode, resolve=True)
+    d = OmegaConf.to_container(decode, resolve=True) if isinstance(decode, DictConfig) else dict(decode)
     if d.get("strategy") not in ("greedy", "beam"):
         raise ConfigError(f"decode.strategy={d.get('strategy')!r} is not one of ['greedy', 'beam']")
     beam, n_best = d.get("beam_size", 1), d.get("n_best", 1)
@@ -41,6 +49,96 @@ def decode_settings(decode: DictConfig) -> dict:
     if d["strategy"] == "greedy" and n_best != 1:
         raise ConfigError("decode.n_best > 1 needs decode=beam (greedy search keeps one hypothesis)")
     return d
+
+
+def command_line_decode_keys() -> set[str]:
+    """The `decode.*` keys the user gave on the command line (`decode=<group>` counts as `strategy`);
+    empty outside a Hydra app."""
+    try:
+        task = HydraConfig.get().overrides.task
+    except ValueError:
+        return set()
+    keys = set()
+    for override in task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "decode":
+            keys.add("strategy")
+        elif key.startswith("decode."):
+            keys.add(key.split(".")[1])
+    return keys
+
+
+def run_decode_settings(decode: DictConfig, hparams: dict, given: set[str] | None = None) -> tuple[dict, str]:
+    """The decoding a checkpoint's run was trained (and tested) with, under the keys the user gave on
+    the command line; the command's defaults (conf/decode/) fill what the run did not record.
+    Returns the checked settings and where they came from, for the printed line."""
+    given = command_line_decode_keys() if given is None else given
+    ours = OmegaConf.to_container(decode, resolve=True) if isinstance(decode, DictConfig) else dict(decode)
+    run = {k: v for k, v in (hparams.get("decode") or {}).items() if k not in PROCESS_KEYS}
+    settings = {**ours, **{k: v for k, v in run.items() if k not in given}}
+    if "strategy" not in given and settings.get("strategy") == "greedy" and given & set(BEAM_ONLY):
+        settings["strategy"] = "beam"
+        settings.setdefault("beam_size", 4)
+    source = "the checkpoint's run" if run else "this command's defaults (the checkpoint records none)"
+    if given:
+        source += "; command line: " + ", ".join(sorted(given))
+    return decode_settings(settings), source
+
+
+def describe_decoding(settings: dict, source: str) -> str:
+    """One line: the settings a command decodes with and where they came from."""
+    keys = ("strategy", "beam_size", "length_penalty", "max_len_a", "max_len_b", "n_best")
+    shown = " ".join(f"{k}={settings.get(k)}" for k in keys)
+    return f"decoding with {shown} (from {source})"
+
+
+def check_device(device: str) -> str:
+    """`device=...` names a device this torch can use, or a ConfigError says what to do."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device; use device=cpu or device=cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = "was built without CUDA" if torch.version.cuda is None else "finds no usable CUDA GPU"
+        raise ConfigError(
+            f"device={device}: this torch ({torch.__version__}) {build}; use device=cpu, "
+            "or install a CUDA build of torch on a machine with a GPU"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device}: Apple MPS is not available here; use device=cpu")
+    return device
+
+
+def check_batch_options(cfg: DictConfig) -> None:
+    """batch_size and average_last, checked before any checkpoint is read."""
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a whole number >= 1 (sentences decoded together)")
+    if not isinstance(cfg.average_last, int) or cfg.average_last < 0:
+        raise ConfigError(
+            f"average_last={cfg.average_last} must be 0 (use ckpt as it is) or the number N >= 1 of last "
+            "checkpoints to average"
+        )
+
+
+def writable_file(path: str, key: str, default_name: str | None = None, make_folder: bool = False) -> Path:
+    """The file `key=path` will be written to, checked before decoding so no translation is lost:
+    a folder is refused (or, with default_name, written into), and its parent folder must exist
+    (or, with make_folder, is created)."""
+    target = Path(to_absolute_path(path))
+    if target.is_dir():
+        if default_name is None:
+            raise ConfigError(f"{key}={path} is a folder ({target}); give a file name, e.g. {key}={target / 'out.txt'}")
+        target = target / default_name
+    if make_folder and not target.parent.exists():
+        try:
+            target.parent.mkdir(parents=True)
+        except OSError as err:
+            raise ConfigError(f"{key}={path}: cannot create the folder {target.parent} ({err.strerror})") from None
+    if not target.parent.is_dir():
+        raise ConfigError(f"{key}={path}: the folder {target.parent} does not exist; create it or choose another path")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{key}={path}: {target} cannot be written (permission denied); choose another path")
+    return target
 
 
 def read_sentences(source: str) -> tuple[list[str], str]:
@@ -94,7 +192,7 @@ def token_labels(tokenizer, ids: list[int]) -> list[str]:
     return [specials.get(i) or tokenizer.decode([i]) or "<unk>" for i in ids]
 
 
-def save_attention(trained: TrainedModel, src_ids: list[int], hyp_ids: list[int], path: str) -> int:
+def save_attention(trained: TrainedModel, src_ids: list[int], hyp_ids: list[int], path: str | Path) -> int:
     """Attention maps of one sentence and its translation (teacher-forced on the output) as a PNG grid."""
     model, cfg = trained.model, trained.model.config
     tgt_in = [cfg.bos_id] + hyp_ids[: cfg.max_len - 1]
@@ -104,26 +202,39 @@ def save_attention(trained: TrainedModel, src_ids: list[int], hyp_ids: list[int]
     return save_attention_png(maps, src_labels, tgt_labels, to_absolute_path(path))
 
 
+def attention_path(path: str) -> Path:
+    """Where `attention_png=path` goes: inside a folder as attention.png; `.png` added when missing
+    (matplotlib would add it too, and the log must name the real file)."""
+    target = writable_file(path, "attention_png", default_name="attention.png", make_folder=True)
+    return target if target.suffix.lower() == ".png" else target.with_name(target.name + ".png")
+
+
 def translate(cfg: DictConfig) -> list[str]:
-    decode_cfg = decode_settings(cfg.decode)
+    check_batch_options(cfg)
+    device = check_device(cfg.device)
+    # Checked before decoding: a bad output path found afterwards would lose the translations.
+    out_path = None if cfg.output == "-" else writable_file(cfg.output, "output")
+    png_path = attention_path(cfg.attention_png) if cfg.attention_png else None
     # An averaged model is written to a temporary file, never into the user's working directory.
     with tempfile.TemporaryDirectory(prefix="attnlab-average-") as scratch:
         trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, scratch)
-    trained.model.to(cfg.device)
+    decode_cfg, source = run_decode_settings(cfg.decode, trained.hparams)
+    print(f"attnlab-translate: {describe_decoding(decode_cfg, source)}", file=sys.stderr, flush=True)
+    trained.model.to(device)
     sentences, name = read_sentences(cfg.input)
     sources = fit_sources([trained.src_tokenizer.encode(s) for s in sentences], trained.model, name)
     results = translate_ids(trained.model, sources, decode_cfg, cfg.batch_size)
     lines = format_translations(results, trained.tgt_tokenizer, decode_cfg.get("n_best", 1))
     text = "".join(line + "\n" for line in lines)
-    if cfg.output == "-":
+    if out_path is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        Path(to_absolute_path(cfg.output)).write_text(text, encoding="utf-8")
-    if cfg.attention_png:
+        out_path.write_text(text, encoding="utf-8")
+    if png_path is not None:
         trained.model.cpu()
-        panels = save_attention(trained, sources[0], results[0][0][0], cfg.attention_png)
-        log.info("attention maps of line 1 (%d panels) written to %s", panels, to_absolute_path(cfg.attention_png))
+        panels = save_attention(trained, sources[0], results[0][0][0], png_path)
+        log.info("attention maps of line 1 (%d panels) written to %s", panels, png_path)
     return lines
 
 
