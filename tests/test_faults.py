@@ -162,6 +162,10 @@ def test_sigkill_while_saving_mid_epoch_then_resume_matches_an_uninterrupted_run
     # report lists the run once.
     assert list((log_dir / "train" / "runs").iterdir()) == [run]
     assert find_run_dirs([log_dir / "train" / "runs"]) == [run.resolve()]
+    result = json.loads((run / "result.json").read_text())  # both segments: tests/test_resume_bookkeeping.py
+    assert result["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    assert [s["status"] for s in result["segments"]] == ["killed", "ok"]
+    assert result["wall_time_s"] > result["segment_wall_time_s"] > 0
 
 
 @pytest.mark.slow
