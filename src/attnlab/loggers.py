@@ -7,6 +7,15 @@ run resumed in place, where the CSV and TensorBoard logs continue from. After th
 `log_final` puts the final metrics in the W&B summary and TensorBoard's HParams view, and
 `finish_wandb` closes the W&B run even when the job failed (in a multirun, a run left open
 would swallow the next job's logs).
+
+The HParams view gets what a comparison needs, not the full config: the keys that tell the runs
+apart (`comparison_hparams`) and the final metrics (`final_metric_order`). TensorBoard 2.21's table
+shows the first 5 hyper-parameters (`differs` ones first, then by name) and the first 5 metrics,
+at about 160 px a column: in a 1600 px window, one key and five metrics fit; every further
+hyper-parameter pushes a metric off-screen (docs/reproducibility.md). So the settings that define a
+run (`run_settings`: model, optim, data, decode, seed, length) go beside it as a `settings` text
+table (TEXT tab), and the full config stays in `.hydra/config.yaml`, `metadata.json`, the loggers'
+`hparams.yaml` and the W&B run config.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import hashlib
 import netrc
 import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +37,8 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import metadata
 
 # Overrides that do not change what is trained: left out of W&B names.
 _NOT_IN_NAME = ("logger", "paths", "resume", "ckpt_path", "hydra", "show_examples")
@@ -153,14 +166,152 @@ def log_run_config(loggers: list[Logger], cfg: DictConfig, extra: dict[str, Any]
 
 
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Final metrics: the W&B run summary, and TensorBoard's HParams view (as `final/<metric>`)."""
+    """Final metrics: the W&B run summary, and TensorBoard's HParams view (`write_hparams`)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(metrics)
         elif isinstance(logger, TensorBoardLogger):
-            config = OmegaConf.to_container(cfg, resolve=True)
-            logger.log_hyperparams(config, metrics={f"final/{k}": v for k, v in metrics.items()})
-            logger.experiment.flush()
+            write_hparams(logger, cfg, metrics)
+
+
+# The settings that define what was trained and how it was decoded (the `settings` text). Left out:
+# where files go (paths, roots, caches, split file names), how the run is executed (workers,
+# compile) and class names.
+_SETTING_GROUPS = ("model", "optim", "data", "decode")
+_SETTING_KEYS = ("seed", "trainer.max_epochs", "trainer.max_steps")
+_NOT_SETTINGS = {"_target_", "root", "cache_dir", "splits", "num_workers", "compile"}
+# Final metrics in the order the HParams view should show them (it shows the first 5 at first):
+# exact match on the synthetic tasks, BLEU and chrF on real text (as attnlab-report chooses).
+_SYNTHETIC_FIRST = ("test/exact_match", "test/ppl", "val/exact_match", "parameters", "time_s",
+                    "test/bleu", "test/chrf", "val/ppl", "val/bleu", "val/chrf")
+_TEXT_FIRST = ("test/bleu", "test/chrf", "test/ppl", "parameters", "time_s",
+               "val/bleu", "val/chrf", "val/ppl", "test/exact_match", "val/exact_match")
+_LATER = ("test/loss", "val/loss", "train/loss_epoch", "steps")
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: node}
+
+
+def leading_keys() -> list[str]:
+    """The keys that tell this run from its siblings: a sweep's swept keys; in a single run, the
+    command line's overrides (what it changed), minus those that say only where it writes; the
+    seed when there are none."""
+    if swept_keys():
+        return swept_keys()
+    keys = [o.lstrip("+~").partition("=")[0] for o in _task_overrides()]
+    return [k for k in dict.fromkeys(keys) if not k.startswith(_NOT_IN_NAME)] or ["seed"]
+
+
+def comparison_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """{key: value} of the leading keys (`leading_keys`): the HParams columns. A group choice
+    (`table3=C_N2`, `model=small`) is a key too, with the option's name as its value."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    values: dict[str, Any] = {}
+    for key in leading_keys():
+        value = OmegaConf.select(cfg, key, default=None) if "." in key else choices.get(key)
+        if value is None and key in cfg and not OmegaConf.is_config(cfg[key]):
+            value = cfg[key]
+        values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return values
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The model / optim / data / decode settings, the seed and the training length, flat."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    values: dict[str, Any] = {}
+    for group in _SETTING_GROUPS:
+        for key, value in _flat(config.get(group) or {}, group).items():
+            if not _NOT_SETTINGS & set(key.split(".")):
+                values[key] = value
+    for key in _SETTING_KEYS:
+        values[key] = OmegaConf.select(cfg, key, default=None)
+    return values
+
+
+def final_metric_order(cfg: DictConfig, metrics: dict[str, float]) -> list[str]:
+    first = _SYNTHETIC_FIRST if OmegaConf.select(cfg, "data.source") == "synthetic" else _TEXT_FIRST
+    return [m for m in (*first, *_LATER) if m in metrics]
+
+
+def _metric_description(metric: str, cfg: DictConfig) -> str:
+    """Which weights a number comes from (train.py: test on the best checkpoint when there is one)."""
+    if metric.startswith("test/"):
+        monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+        mode = OmegaConf.select(cfg, "callbacks.model_checkpoint.mode", default="min")
+        return f"test set, checkpoint with the {mode} {monitor}" if monitor else "test set, final weights"
+    if metric.startswith("val/"):
+        return "validation, last epoch"
+    if metric == "time_s":
+        return "wall seconds of this run (of its last segment when it was resumed)"
+    return ""
+
+
+def segment_seconds(run_dir: str | Path) -> float | None:
+    """Seconds since this process started (or resumed) the run, from metadata.json."""
+    record = metadata.read(run_dir) or {}
+    started = ((record.get("resumes") or [{}])[-1].get("started")) or record.get("started")
+    if not started:
+        return None
+    return round((datetime.now().astimezone() - datetime.fromisoformat(started)).total_seconds(), 1)
+
+
+def _hparam_value(value: Any):
+    """(protobuf Value field, TensorBoard data type) for one setting; bool before int (bool is an int)."""
+    if isinstance(value, bool):
+        return "bool_value", "DATA_TYPE_BOOL"
+    if isinstance(value, (int, float)):
+        return "number_value", "DATA_TYPE_FLOAT64"
+    return "string_value", "DATA_TYPE_STRING"
+
+
+def write_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """One HParams session per run: `comparison_hparams` (marked `differs`, which TensorBoard sorts
+    first) and the final metrics as `final/<metric>` scalars and metric columns; `run_settings` as
+    the `settings` text. Written with TensorBoard's own protos instead of Lightning's
+    `log_hyperparams`, which would also rewrite the logger's hparams.yaml (the full config)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from tensorboard.plugins.hparams import metadata as hp
+
+    hparams = comparison_hparams(cfg)
+    final = dict(metrics)
+    seconds = segment_seconds(cfg.paths.output_dir)
+    if seconds is not None:
+        final["time_s"] = seconds
+    order = final_metric_order(cfg, final)
+    experiment = api_pb2.Experiment()
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for key, value in hparams.items():
+        if value is None:  # unset (a default chosen at run time): no column rather than "None"
+            continue
+        if isinstance(value, (list, dict)):
+            value = str(value)
+        field, dtype = _hparam_value(value)
+        setattr(start.hparams[key], field, value)
+        experiment.hparam_infos.add(name=key, type=api_pb2.DataType.Value(dtype), differs=True)
+    for metric in order:
+        experiment.metric_infos.add(name=api_pb2.MetricName(tag=f"final/{metric}"),
+                                    display_name=metric.replace("_", " "),
+                                    description=_metric_description(metric, cfg))
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    step = int(final.get("steps") or 0)
+    writer = logger.experiment
+    for tag, data in ((hp.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+                      (hp.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)),
+                      (hp.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))):
+        summary = Summary(value=[Summary.Value(tag=tag, metadata=hp.create_summary_metadata(data))])
+        writer._get_file_writer().add_summary(summary, step)
+    for metric in order:
+        writer.add_scalar(f"final/{metric}", final[metric], step)
+    table = "| setting | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in run_settings(cfg).items())
+    writer.add_text("settings", table, step)
+    writer.flush()
 
 
 def finish_wandb(failed: bool = False) -> None:
