@@ -11,10 +11,17 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Literal
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .data.synthetic import TASKS
 from .model import TransformerConfig
 from .schedule import SCHEDULES
+from .suggest import ALIASES, did_you_mean
+
+# numpy's legacy seeding (which Lightning's seed_everything drives) accepts 0 .. 2**32-1.
+MAX_SEED = 2**32 - 1
+# Lightning's accelerator names; "gpu" picks CUDA or Apple's MPS.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
 class ConfigError(ValueError):
@@ -134,8 +141,28 @@ def model_config(cfg: DictConfig, src_vocab_size: int = 1, tgt_vocab_size: int =
         raise ConfigError(str(err)) from None
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key added with `+` (`+data.batch_size=64`) passes composition, then nothing would read it."""
+    for group, schema in (
+        ("model", ModelSchema),
+        ("data", DataSchema),
+        ("optim", OptimSchema),
+        ("decode", DecodeSchema),
+    ):
+        known = [f.name for f in fields(schema)]
+        for key in cfg[group]:
+            if key not in known:
+                alias = ALIASES.get(str(key))
+                best = did_you_mean(str(key), known)
+                hint = f"did you mean {alias}; " if alias else f"did you mean {group}.{best}? " if best else ""
+                raise ConfigError(
+                    f"{group}.{key} is not a config key; {hint}valid keys under {group}: {', '.join(known)}"
+                )
+
+
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before data is read or a model is built."""
+    check_known_keys(cfg)
     model_config(cfg)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("decode.strategy", cfg.decode.strategy, ("greedy", "beam"))
@@ -153,13 +180,116 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"decode.n_best must be in [1, decode.beam_size={cfg.decode.beam_size}], got {cfg.decode.n_best}"
         )
+    if cfg.decode.strategy == "greedy" and cfg.decode.n_best != 1:
+        raise ConfigError(
+            f"decode.n_best={cfg.decode.n_best} needs decode=beam (greedy search keeps one hypothesis); "
+            "use decode=beam decode.n_best=N, or decode.n_best=1"
+        )
     if cfg.optim.warmup_steps < 0 or cfg.optim.lr <= 0:
         raise ConfigError("optim.lr must be > 0 and optim.warmup_steps >= 0")
     if not 0.0 <= cfg.optim.label_smoothing < 1.0:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}")
+    if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
+        raise ConfigError(f"seed={cfg.seed!r} is not a valid seed: use an integer from 0 to {MAX_SEED} (2**32-1)")
+    check_data(cfg.data, cfg.test)
     longest = cfg.data.max_len + 1 if cfg.data.source == "synthetic" else cfg.data.max_sentence_len
     if longest > cfg.model.max_len:
         raise ConfigError(
             f"model.max_len={cfg.model.max_len} is shorter than the longest training sequence "
             f"({longest} tokens, from data.max_len / data.max_sentence_len); raise model.max_len"
         )
+    check_trainer(cfg.trainer, cfg.optim.schedule)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _at_least(key: str, value: Any, low: int, why: str) -> None:
+    if not (_is_int(value) and value >= low):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer >= {low} ({why})")
+
+
+def check_data(data: DictConfig, test: bool = True) -> None:
+    """data.* values that would otherwise fail deep inside the generator or the batching."""
+    _at_least("data.max_tokens", data.max_tokens, 1, "padded tokens per batch")
+    if data.source != "synthetic":
+        _at_least("data.max_sentence_len", data.max_sentence_len, 1, "longer training pairs are left out")
+        return
+    _choice("data.task", data.task, TASKS)
+    _at_least("data.n_symbols", data.n_symbols, 1, "the size of the synthetic alphabet")
+    if not (_is_int(data.min_len) and _is_int(data.max_len) and 1 <= data.min_len <= data.max_len):
+        raise ConfigError(
+            f"data.min_len={data.min_len!r} and data.max_len={data.max_len!r} are not allowed: "
+            "need 1 <= data.min_len <= data.max_len (the range of synthetic sequence lengths)"
+        )
+    for split in ("train", "val") + (("test",) if test else ()):
+        _at_least(f"data.{split}_size", data[f"{split}_size"], 1, f"the number of generated {split} pairs")
+    # A batch holds at least one pair, and a pair of data.max_len symbols is max_len + 1 tokens (EOS).
+    if data.max_tokens < data.max_len + 1:
+        raise ConfigError(
+            f"data.max_tokens={data.max_tokens} cannot hold one pair of the longest length data.max_len="
+            f"{data.max_len} allows ({data.max_len + 1} tokens with EOS); raise data.max_tokens to at least "
+            f"{data.max_len + 1}"
+        )
+
+
+def _precisions() -> list:
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    return [value for kind in typing.get_args(_PRECISION_INPUT) for value in typing.get_args(kind)]
+
+
+def check_trainer(trainer: DictConfig, schedule: str = "inverse_sqrt") -> None:
+    """The Lightning Trainer arguments users set most, checked before anything is built (Lightning
+    itself would only refuse them deep inside fit, or divide by zero)."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if epochs is not None and not (_is_int(epochs) and epochs >= -1):
+        raise ConfigError(
+            f"trainer.max_epochs={epochs!r} is not allowed: use a number of epochs >= 1, or -1 to train "
+            "until stopped (trainer.max_steps, trainer.max_time, early stopping or Ctrl-C)"
+        )
+    if not (_is_int(steps) and steps >= -1):
+        raise ConfigError(f"trainer.max_steps={steps!r} is not allowed: use a number of steps >= 1, or -1 for no limit")
+    for key, value in (("max_epochs", epochs), ("max_steps", steps)):
+        if value == 0 and not trainer.get("fast_dev_run"):
+            raise ConfigError(
+                f"trainer.{key}=0 would train nothing and save an untrained model; use a value >= 1 "
+                "(or -1 for no limit); to score an existing checkpoint use attnlab-eval"
+            )
+    if epochs == -1 and steps == -1 and schedule == "cosine":
+        raise ConfigError(
+            "optim.schedule=cosine decays to zero at the last step, but trainer.max_epochs=-1 (until stopped) "
+            "has no last step: set trainer.max_steps=N, a number of epochs, or another optim.schedule"
+        )
+    _at_least("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1, "batches per step")
+    devices = trainer.get("devices", "auto")
+    if not _devices_ok(devices):
+        raise ConfigError(
+            f"trainer.devices={devices!r} is not allowed: use a number of devices >= 1, -1 (all of them), "
+            "auto, or a list of device indices such as [0,1]"
+        )
+    precision = trainer.get("precision")
+    if precision is not None and precision not in _precisions():
+        allowed = ", ".join(dict.fromkeys(str(p) for p in _precisions()))  # 16 and "16" read the same
+        raise ConfigError(f"trainer.precision={precision!r} is not one of: {allowed} (or null for 32-true)")
+    accelerator = trainer.get("accelerator", "auto")
+    if isinstance(accelerator, str) and accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not one of {list(ACCELERATORS)}")
+
+
+def _devices_ok(devices: Any) -> bool:
+    if isinstance(devices, str):
+        if devices.strip() == "auto":
+            return True
+        parts = [p.strip() for p in devices.split(",") if p.strip()]  # Lightning's "2", "-1", "0,1"
+        return (
+            bool(parts)
+            and all(p.lstrip("-").isdigit() for p in parts)
+            and _devices_ok(int(parts[0]) if len(parts) == 1 else [int(p) for p in parts])
+        )
+    if _is_int(devices):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices) > 0 and all(_is_int(d) and d >= 0 for d in devices)
+    return False

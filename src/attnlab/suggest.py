@@ -37,9 +37,29 @@ def trainer_arguments() -> list[str]:
     return [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
 
 
+# Names researchers bring from other tools, under any group, and the attnlab keys doing that job;
+# spelling alone would point elsewhere (data.batch_size -> data.val_size, a different thing).
+ALIASES = {
+    "batch_size": "data.max_tokens? (batches are sized in padded tokens of the longer side, not in sentences)",
+    "max_tokens_per_batch": "data.max_tokens?",
+    "lr": "optim.lr?",
+    "learning_rate": "optim.lr?",
+    "warmup": "optim.warmup_steps?",
+    "epochs": "trainer.max_epochs?",
+    "num_heads": "model.n_heads?",
+    "hidden_size": "model.d_model?",
+    "dim_feedforward": "model.d_ff?",
+    "num_layers": "model.encoder_layers and model.decoder_layers? (set each stack's depth)",
+    "n_layers": "model.encoder_layers and model.decoder_layers? (set each stack's depth)",
+    "beam": "decode.beam_size? (with decode=beam)",
+}
+
+
 def _hint_for_key(err: ConfigAttributeError | ConfigKeyError, groups: list[str]) -> str | None:
     full_key, key = str(err.full_key or err.key), str(err.key)
     parent = full_key.rpartition(".")[0]
+    if key in ALIASES:
+        return f"did you mean {ALIASES[key]}"
     siblings = list(err.parent_node.keys()) if err.parent_node is not None else []
     if not parent:  # a top-level key: maybe a misspelt group (`modell=tiny`)
         siblings += groups
