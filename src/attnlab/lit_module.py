@@ -154,7 +154,7 @@ class TranslationModule(L.LightningModule):
             self.parameters(), lr=1.0, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"],
             fused=fused,
         )  # fmt: skip
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
+        total = self.trainer.estimated_stepping_batches if self.trainer else 0  # inf: max_epochs=-1
         d_model = self.model.config.d_model
 
         def rate(step: int) -> float:  # LambdaLR multiplies the base lr (1.0) by this

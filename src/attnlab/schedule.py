@@ -8,11 +8,19 @@ SCHEDULES = ("noam", "inverse_sqrt", "constant", "cosine")
 
 
 def learning_rate(
-    step: int, schedule: str, lr: float, warmup_steps: int, d_model: int, lr_scale: float = 1.0, total_steps: int = 0
+    step: int,
+    schedule: str,
+    lr: float,
+    warmup_steps: int,
+    d_model: int,
+    lr_scale: float = 1.0,
+    total_steps: float = 0,
 ) -> float:
     """noam: the paper's lr = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
     inverse_sqrt: the same shape with its peak set to `lr` (fairseq). constant / cosine:
-    linear warm-up to `lr`, then flat or a half cosine to 0 at `total_steps`."""
+    linear warm-up to `lr`, then flat or a half cosine to 0 at `total_steps`. Only cosine reads
+    `total_steps`, which is infinite for a run without an end (trainer.max_epochs=-1): cosine then
+    stays at its peak, and `config.check_trainer` refuses that combination."""
     step = max(step, 1)
     warm = max(warmup_steps, 1)
     if schedule == "noam":

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate, to_absolute_path
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from . import faults, metadata, preflight
@@ -45,14 +47,23 @@ def build_datamodule(cfg: DictConfig) -> TranslationDataModule:
 
 def build_module(cfg: DictConfig, dm: TranslationDataModule) -> TranslationModule:
     model = model_config(cfg, dm.src_tokenizer.vocab_size, dm.tgt_tokenizer.vocab_size)
-    return TranslationModule(
-        model=model.to_dict(),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        decode=OmegaConf.to_container(cfg.decode, resolve=True),
-        tokenizers={"src": dm.src_tokenizer.to_state(), "tgt": dm.tgt_tokenizer.to_state()},
-        val_decode_size=cfg.val_decode_size,
-        val_decode_every=cfg.val_decode_every,
-    )
+    try:
+        return TranslationModule(
+            model=model.to_dict(),
+            optim=OmegaConf.to_container(cfg.optim, resolve=True),
+            decode=OmegaConf.to_container(cfg.decode, resolve=True),
+            tokenizers={"src": dm.src_tokenizer.to_state(), "tgt": dm.tgt_tokenizer.to_state()},
+            val_decode_size=cfg.val_decode_size,
+            val_decode_every=cfg.val_decode_every,
+        )
+    except RuntimeError as err:  # torch.OutOfMemoryError, or the CPU allocator's plain RuntimeError
+        if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+            raise
+        # preflight.check_model_memory counts the whole machine; other processes may hold part of it.
+        raise preflight.PreflightError(
+            f"out of memory while building the model (model.d_model={cfg.model.d_model}, "
+            f"model.d_ff={cfg.model.d_ff}): {str(err).splitlines()[0]}; make the model smaller or free memory"
+        ) from None
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -64,7 +75,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
             default_root_dir=cfg.paths.output_dir,
             plugins=[AtomicCheckpointIO()],  # a kill while saving never leaves a corrupt last.ckpt
         )
-    except TypeError as err:  # an unknown trainer.* key
+    # TypeError: an unknown trainer.* key; the others: a value config.check_trainer does not know.
+    except (TypeError, MisconfigurationException, ValueError) as err:
         raise ConfigError(f"trainer: {err}") from None
 
 
@@ -75,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finished, so the next job of a multirun never logs into this one.
     """
     validate(cfg)
+    preflight.check_environment(cfg)  # the accelerator exists and the model fits its memory
     ckpt = prepare_resume(cfg)  # may switch paths.output_dir to the run being resumed
     configure_loggers(cfg, "train", resume_step=checkpoint_step(ckpt) if resumes_in_place(cfg) else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -101,9 +114,15 @@ def _best_effort(what: str, fn) -> None:
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    if cfg.trainer.get("max_epochs") == -1 and cfg.trainer.get("max_steps") == -1:
+        log.info(
+            "trainer.max_epochs=-1: training runs until stopped (trainer.max_time, early stopping, "
+            "or Ctrl-C / SIGTERM, which save a checkpoint to resume from)"
+        )
     dm = build_datamodule(cfg)
+    preflight.check_lengths(dm, cfg.model.max_len)  # every sentence fits the model and a batch
     module = build_module(cfg, dm)
-    preflight.check_before_fit(out_dir, dm, module)  # data lengths, disk room for checkpoints
+    preflight.check_before_fit(out_dir, module)  # disk room for checkpoints
     trainer = build_trainer(cfg)
     log.info("model: %s parameters", f"{module.model.num_parameters():,}")
     log_run_config(trainer.loggers, cfg, {"parameters": module.model.num_parameters()})

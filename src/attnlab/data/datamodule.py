@@ -129,11 +129,24 @@ class TranslationDataModule(L.LightningDataModule):
             if split == "train":
                 examples = [e for e in examples if max(len(e.src), len(e.tgt) + 1) <= self.max_sentence_len]
                 self.n_filtered = len(src_ids) - len(examples)
+                if not examples:
+                    raise CorpusError(self._no_training_pairs(len(src_ids)))
                 log.info(
                     "training data: %d of %d sentence pairs longer than data.max_sentence_len=%d tokens left out",
                     self.n_filtered, len(src_ids), self.max_sentence_len,
                 )
             self.examples[split] = examples
+
+    def _no_training_pairs(self, n: int) -> str:
+        files = f"{self.split_files['train']}.{{{self.src_lang},{self.tgt_lang}}}"
+        where = f"{self.root}/{files}" if self.root else files
+        if self.source == "synthetic":
+            where = f"the generated training split (data.task={self.task})"
+        return (
+            f"no training pairs left: all {n:,} pairs of {where} are longer than data.max_sentence_len="
+            f"{self.max_sentence_len} tokens (the longer side, with EOS), and longer pairs are left out of "
+            "training; raise data.max_sentence_len (and model.max_len with it) or split the long sentences"
+        )
 
     def loader(self, split: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
         examples = self.examples[split]
