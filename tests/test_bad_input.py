@@ -40,9 +40,8 @@ def parallel(root: Path) -> list[str]:
     return ["data=parallel", f"data.root={root}", "data.src_lang=de", "data.tgt_lang=en", "data.max_sentence_len=60"]
 
 
-@pytest.fixture
-def run_main(tmp_path, monkeypatch, capsys):
-    """run_main(*overrides) -> (exit status, stderr) of `attnlab-train overrides...`, run in-process."""
+def in_process(tmp_path, monkeypatch, capsys):
+    """The `run_main` fixture's function, for fixtures of other test files."""
 
     def _run(*overrides: str) -> tuple[int, str]:
         argv = ["attnlab-train", *overrides, f"paths.log_dir={tmp_path / 'out'}"]
@@ -57,11 +56,21 @@ def run_main(tmp_path, monkeypatch, capsys):
     return _run
 
 
+@pytest.fixture
+def run_main(tmp_path, monkeypatch, capsys):
+    """run_main(*overrides) -> (exit status, stderr) of `attnlab-train overrides...`, run in-process."""
+    return in_process(tmp_path, monkeypatch, capsys)
+
+
 def run_command(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
     return subprocess.run(
         [str(TRAIN), *overrides, f"paths.log_dir={cwd / 'out'}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -113,7 +122,9 @@ CORPUS_CASES = {
     "language with no files": (lambda root: None, ["data.src_lang=fr"], ["train.fr", "found: train.de, train.en"]),
     "no such folder": (lambda root: None, ["data.root=/nonexistent/corpus"], ["/nonexistent/corpus/train.de"]),
     "test line longer than model.max_len": (
-        _long_test_line, [], ["test.de, line 13", "301 tokens", "model.max_len=64"]
+        _long_test_line,
+        [],
+        ["test.de, line 13", "301 tokens", "model.max_len=64"],
     ),
 }
 
