@@ -214,6 +214,11 @@ def test_readme_parallel_command_runs_as_written(work):
     (run_dir,) = runs_under(work / "readme_parallel")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] >= 10 and "test/bleu" in metrics
+    # eval rebuilds the test set from the run's config, whose data.max_sentence_len is ${model.max_len}.
+    done = run(work, "attnlab-eval", f"ckpt={run_dir}/checkpoints/last.ckpt", "limit=5", "paths.log_dir=eval_parallel")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = (work / "eval_parallel" / "eval" / "runs").glob("*/results.json")
+    assert json.loads(results.read_text())["metrics"]["sentences"] == 5
 
 
 @pytest.mark.slow  # the trained fixture covers SentencePiece in a fresh process; this adds fr and separate vocabularies
