@@ -222,3 +222,13 @@ def test_a_single_runs_overrides_are_the_keys(compose_train, monkeypatch):
     assert loggers.comparison_hparams(cfg) == {"model.n_heads": 2}  # where it writes is no column
     monkeypatch.setattr(loggers, "_task_overrides", lambda: [])
     assert loggers.comparison_hparams(cfg) == {"seed": 0}  # a run with no overrides still has a row key
+
+
+def test_time_is_the_whole_runs_when_it_was_resumed(tb_run):
+    """result.json lists an earlier 100 s segment and this running one, started 42 s ago."""
+    cfg, logger = tb_run
+    started = (datetime.now().astimezone() - timedelta(seconds=42)).isoformat(timespec="milliseconds")
+    segments = [{"status": "stopped", "wall_time_s": 100.0}, {"status": "running", "started": started}]
+    (Path(cfg.paths.output_dir) / "result.json").write_text(json.dumps({"segments": segments}))
+    loggers.log_final([logger], cfg, METRICS)
+    assert 141 <= hparams_events(Path(logger.log_dir))["scalars"]["final/time_s"] < 220

@@ -219,15 +219,24 @@ def test_identical_curves_do_not_hide_each_other(tmp_path: Path) -> None:
     assert a.get_alpha() < 1 and b.get_alpha() < 1
 
 
-def test_a_resumed_runs_time_is_marked_as_its_last_segment(tmp_path: Path) -> None:
+def test_a_resumed_runs_time_is_the_sum_of_its_segments(tmp_path: Path) -> None:
+    """result.json lists the segments and sums them (attnlab.segments): the total, no marker. An
+    older result.json timed its last segment only: marked, with metadata.json's count of resumes."""
     sweep = tmp_path / "sweep"
     make_run(sweep / "0", ["model.n_heads=2"], [1.0], exact=0.5)
     resumed = make_run(sweep / "1", ["model.n_heads=4"], [1.0], exact=0.5)
-    (resumed / "metadata.json").write_text(json.dumps({"started": "2026-01-01T00:00:00+00:00",
-                                                       "resumes": [{"started": "2026-01-01T01:00:00+00:00"}]}))
+    result = json.loads((resumed / "result.json").read_text())
+    result.update(wall_time_s=12.0, segments=[{"wall_time_s": 7.0}, {"wall_time_s": 5.0}])
+    (resumed / "result.json").write_text(json.dumps(result))
+    old = make_run(sweep / "2", ["model.n_heads=8"], [1.0], exact=0.5)  # wall_time_s 5.0, no segments
+    (old / "metadata.json").write_text(json.dumps({"started": "2026-01-01T00:00:00+00:00",
+                                                  "resumes": [{"started": "2026-01-01T01:00:00+00:00"}]}))
     files = report([str(sweep)], tmp_path / "out", plots=False)
     rows = _csv(files["csv"])
-    assert [r["segments"] for r in rows] == ["1", "2"]
+    assert [(r["segments"], float(r["time_s"])) for r in rows] == [("1", 5.0), ("2", 12.0), ("2", 5.0)]
     md = files["markdown"].read_text()
-    assert "| ≥5 |" in md and md.count("| 5 |") == 1  # result.json's wall_time_s, the last segment only
-    assert "metadata.json records when each segment started but not when the earlier ones ended" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    cells = [line.rstrip(" |").rsplit(" | ", 1)[-1] for line in table]  # the time column
+    assert cells[1:] == ["5", "12", "≥5"], cells  # header first
+    assert "a resumed run's are the sum of its segments" in md
+    assert "the time of its last segment only" in md

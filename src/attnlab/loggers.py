@@ -26,7 +26,6 @@ import netrc
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,7 +37,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import metadata
+from . import metadata, segments
+from .jobs import read_result
 
 # Overrides that do not change what is trained: left out of W&B names.
 _NOT_IN_NAME = ("logger", "paths", "resume", "ckpt_path", "hydra", "show_examples")
@@ -248,17 +248,22 @@ def _metric_description(metric: str, cfg: DictConfig) -> str:
     if metric.startswith("val/"):
         return "validation, last epoch"
     if metric == "time_s":
-        return "wall seconds of this run (of its last segment when it was resumed)"
+        return "wall seconds of the run (all its segments when it was resumed)"
     return ""
 
 
-def segment_seconds(run_dir: str | Path) -> float | None:
-    """Seconds since this process started (or resumed) the run, from metadata.json."""
+def run_seconds(run_dir: str | Path) -> float | None:
+    """Wall seconds of the whole run so far: the earlier segments result.json lists (attnlab.segments)
+    plus this running one; without those records, the time since metadata.json's last start."""
+    recorded = (read_result(run_dir) or {}).get("segments") or []
+    current = next((seg for seg in reversed(recorded) if seg.get("status") == "running"), None)
+    started = segments.epoch_seconds(current and current.get("started"))
+    if started is not None:
+        earlier = sum(seg.get("wall_time_s") or 0.0 for seg in recorded if seg is not current)
+        return round(earlier + time.time() - started, 1)
     record = metadata.read(run_dir) or {}
-    started = ((record.get("resumes") or [{}])[-1].get("started")) or record.get("started")
-    if not started:
-        return None
-    return round((datetime.now().astimezone() - datetime.fromisoformat(started)).total_seconds(), 1)
+    started = segments.epoch_seconds(((record.get("resumes") or [{}])[-1].get("started")) or record.get("started"))
+    return None if started is None else round(time.time() - started, 1)
 
 
 def _hparam_value(value: Any):
@@ -281,7 +286,7 @@ def write_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str,
 
     hparams = comparison_hparams(cfg)
     final = dict(metrics)
-    seconds = segment_seconds(cfg.paths.output_dir)
+    seconds = run_seconds(cfg.paths.output_dir)
     if seconds is not None:
         final["time_s"] = seconds
     order = final_metric_order(cfg, final)

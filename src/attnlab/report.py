@@ -29,7 +29,7 @@ LOSS_COLUMNS = [
     ("val/loss", "val loss, last epoch"), ("val/ppl", "val ppl, last epoch"),
 ]
 RUN_COLUMNS = [("parameters", "params"), ("steps", "steps"), ("time_s", "time s")]
-RESUMED = "≥"  # marks the time of a resumed run: its last segment only (see notes)
+RESUMED = "≥"  # marks a time that covers only a resumed run's last segment (see notes)
 
 
 def test_source(jobs: list[Job]) -> str:
@@ -89,7 +89,7 @@ def cell(row: Row, column: str) -> str:
     epochs = row.epochs(epoch_key(column)) if epoch_key(column) else ""
     if epochs:
         text += f" (ep {epochs})"
-    if column == "time_s" and row.segments > 1:
+    if column == "time_s" and row.time_partial:
         text = RESUMED + text
     return text
 
@@ -103,9 +103,12 @@ def notes(rows: list[Row], cols) -> list[str]:
                    "checkpoint named in the header (callbacks.model_checkpoint; train.py tests it), from the epoch "
                    "in brackets; `final weights` when the run kept no best checkpoint.")
     if "time_s" in names and any(r.segments > 1 for r in rows):
-        out.append(f"time s: wall seconds of the job. {RESUMED} marks a resumed run: the time of its last segment "
-                   "only, because metadata.json records when each segment started but not when the earlier "
-                   "ones ended.")
+        out.append("time s: wall seconds of the whole run; a resumed run's are the sum of its segments (the CSV's "
+                   "`segments` counts them).")
+    if "time_s" in names and any(r.time_partial for r in rows):
+        out.append(f"{RESUMED}: a resumed run whose result.json predates segment records: the time of its last "
+                   "segment only (metadata.json records when each segment started, not when the earlier ones "
+                   "ended).")
     return out
 
 

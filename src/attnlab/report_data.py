@@ -35,7 +35,8 @@ class Job:
     rows: list[dict[str, float]] = field(repr=False, default_factory=list)  # metrics.csv, for curves
     # column -> the epoch (from 1) its number comes from: `best:val/*` and the test checkpoint's
     epochs: dict[str, int] = field(default_factory=dict)
-    segments: int = 1  # 1 + the times the run was resumed (metadata.json)
+    segments: int = 1  # processes that trained the run: its start and every resume
+    time_partial: bool = False  # time_s is the last segment's only (see _segments)
 
 
 @dataclass
@@ -64,6 +65,10 @@ class Row:
     @property
     def segments(self) -> int:
         return max(j.segments for j in self.jobs)
+
+    @property
+    def time_partial(self) -> bool:
+        return any(j.time_partial for j in self.jobs)
 
     def epochs(self, column: str) -> str:
         """`4` or, for folded seeds, `4,5,4`: the epoch each job's number in `column` comes from."""
@@ -133,7 +138,7 @@ def load_job(run_dir: Path) -> Job:
         config = _flatten(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False))
     rows = runlog.read_rows(runlog.find_metrics_csv(run_dir))
     status = result.get("status", "unfinished")
-    record = metadata.read(run_dir) or {}
+    segments, time_partial = _segments(result, metadata.read(run_dir) or {})
     return Job(
         run_dir=run_dir,
         label=f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
@@ -144,8 +149,19 @@ def load_job(run_dir: Path) -> Job:
         values=_values(result, rows),
         rows=rows,
         epochs=_epochs(rows, test_checkpoint(config)),
-        segments=1 + len(record.get("resumes") or []),
+        segments=segments,
+        time_partial=time_partial,
     )
+
+
+def _segments(result: dict, record: dict) -> tuple[int, bool]:
+    """(segments, whether `wall_time_s` covers only the last). result.json lists every segment and
+    sums their times (attnlab.segments); one written before it did timed only its own process, and
+    then metadata.json's `resumes` still counts the segments."""
+    if result.get("segments"):
+        return len(result["segments"]), False
+    count = 1 + len(record.get("resumes") or [])
+    return count, count > 1
 
 
 def test_checkpoint(config: dict[str, str]) -> tuple[str, str] | None:
