@@ -336,7 +336,7 @@ def test_sentence_longer_than_max_len_is_truncated_with_a_warning(ckpt, run_app)
 @pytest.mark.parametrize(
     "overrides,expected",
     [(["decode.n_best=5"], "decode.n_best=5 must be in [1, decode.beam_size=4]"),
-     (["decode=greedy", "+decode.n_best=2"], "decode.n_best > 1 needs decode=beam")],
+     (["decode=greedy", "decode.n_best=2"], "decode.n_best > 1 needs decode=beam")],
 )  # fmt: skip
 def test_impossible_decode_settings_are_refused(ckpt, run_app, overrides, expected):
     status, _, err = run_app(translate, f"ckpt={ckpt}", *overrides, stdin="a b\n")
