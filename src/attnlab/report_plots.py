@@ -30,7 +30,7 @@ CONFIG_MARKERS = "osD^vP*X"
 
 class PlainLogFormatter(ticker.LogFormatter):
     """Tick labels like 0.6 and 2 on a log axis instead of 6x10^-1: minor ticks labelled (as
-    matplotlib's LogFormatter chooses, only where the axis spans under 2 decades), plain numbers."""
+    matplotlib's LogFormatter chooses: all under 1 decade, some under 2), plain numbers."""
 
     def __call__(self, x, pos=None):
         return f"{x:g}" if super().__call__(x, pos) else ""
@@ -39,7 +39,7 @@ class PlainLogFormatter(ticker.LogFormatter):
 def _plain_log_axis(ax) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
 
 
 def _save(fig, path: Path) -> Path:
