@@ -79,12 +79,42 @@ def test_every_sweep_value_fits_the_schema_and_validates(sweep: str) -> None:
 
 
 def test_table3_rows_match_the_paper_table() -> None:
-    from attnlab.paper_table3 import BY_NAME, NOT_RUN
+    from attnlab.paper_table3 import BEYOND, BY_NAME, NOT_RUN
 
     cfg = _compose("sweep=table3")
     rows = _sweep_values("table3", cfg.hydra.sweeper.params.table3)
-    assert set(rows) == set(BY_NAME) - set(NOT_RUN)
+    assert set(rows) == (set(BY_NAME) - set(NOT_RUN)) | set(BEYOND)
     assert _compose("sweep=table3", "table3=A_h1").model.n_heads == 1
+
+
+@pytest.mark.parametrize(
+    "experiment,base,rows",
+    [  # the synthetic demo: widths / 8, depths / 2, 100K steps -> 180
+     ("table3_reverse", dict(d_model=64, d_ff=256, encoder_layers=3, max_steps=180),
+      {"big": dict(d_model=128, d_ff=512, n_heads=16, max_steps=540), "C_N2": dict(encoder_layers=1, decoder_layers=1),
+       "B_dk16": dict(d_head=2), "C_d256": dict(d_model=32)}),
+     # real data: widths / 4, depths / 2
+     ("table3_multi30k", dict(d_model=128, d_ff=512, encoder_layers=3),
+      {"big": dict(d_model=256, d_ff=1024, n_heads=16), "B_dk16": dict(d_head=4), "B_dk32": dict(d_head=8),
+       "C_N8": dict(encoder_layers=4, decoder_layers=4), "C_ff4096": dict(d_ff=1024), "X_nores_N2": dict(residual=False, encoder_layers=1)}),
+    ],
+)  # fmt: skip
+def test_table3_rows_are_the_papers_numbers_at_the_experiments_scale(experiment, base, rows) -> None:
+    """Every row is written once in the paper's numbers; paper_scale (set by the experiment) sizes it."""
+
+    def sizes(cfg) -> dict:
+        return {**OmegaConf.to_container(cfg.model, resolve=True), "max_steps": cfg.trainer.max_steps}
+
+    got = sizes(_compose("sweep=table3", f"experiment={experiment}", "table3=base"))
+    assert {k: got[k] for k in base} == base
+    assert got["n_heads"] == 8 and got["decoder_layers"] == got["encoder_layers"] and got["d_head"] is None
+    for row, want in rows.items():
+        cfg = _compose("sweep=table3", f"experiment={experiment}", f"table3={row}")
+        validate(cfg)
+        row_sizes = sizes(cfg)
+        assert {k: row_sizes[k] for k in want} == want, row
+    big = sizes(_compose("sweep=table3", f"experiment={experiment}", "table3=big"))
+    assert big["max_steps"] == 3 * got["max_steps"]
 
 
 def _train(*args: str, cwd: Path) -> int:

@@ -93,11 +93,22 @@ class DecodeSchema:
 
 
 @dataclass
+class PaperScaleSchema:
+    """How a run that is written in a paper's numbers (conf/table3/) is scaled to this machine: widths
+    (d_model, d_ff, d_head), depths (layers) and training steps are multiplied by these factors."""
+
+    width: float = 1.0
+    depth: float = 1.0
+    steps: float = 1.0
+
+
+@dataclass
 class TrainSchema:
     model: ModelSchema = field(default_factory=ModelSchema)
     data: DataSchema = field(default_factory=DataSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
     decode: DecodeSchema = field(default_factory=DecodeSchema)
+    paper_scale: PaperScaleSchema = field(default_factory=PaperScaleSchema)
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
@@ -120,6 +131,11 @@ _PROCESS_UID = secrets.token_hex(3)
 # Run directories end in this per-process id, so two runs started in the same second never collide.
 # Cached, so launcher worker processes (joblib, submitit) resolve the sweep directory of the process
 # that started the sweep (Hydra copies the resolver cache into every job's config).
+# ${attnlab.scaled:512,${paper_scale.width}}: a paper's size at this run's scale (at least 1), so Table 3's
+# rows are written once, in the paper's own numbers, for every scale.
+OmegaConf.register_new_resolver(
+    "attnlab.scaled", lambda value, factor: max(1, round(float(value) * float(factor))), replace=True
+)
 OmegaConf.register_new_resolver("attnlab.uid", lambda: _PROCESS_UID, replace=True, use_cache=True)
 ConfigStore.instance().store(name="attnlab_schema", node=TrainSchema)
 
