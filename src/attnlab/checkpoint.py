@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,8 @@ class TrainedModel:
     hparams: dict
     path: Path
     global_step: int
+    # The checkpoints an averaged model was made from, oldest first (empty for one checkpoint).
+    averaged_from: list[Path] = field(default_factory=list)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -93,7 +95,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         src_tok, tgt_tok = tokenizers["src"], tokenizers["tgt"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the tokenizers stored in it are missing or not understood ({err})") from None
-    return TrainedModel(model.to(device).eval(), src_tok, tgt_tok, hparams, Path(path), int(ckpt.get("global_step", 0)))
+    averaged_from = [Path(p) for p in ckpt.get("averaged_from", [])]
+    return TrainedModel(
+        model.to(device).eval(), src_tok, tgt_tok, hparams, Path(path), int(ckpt.get("global_step", 0)), averaged_from
+    )
 
 
 def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
@@ -104,7 +109,10 @@ def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
         raise CheckpointError(f"checkpoint folder not found: {directory}")
     by_step: dict[int, Path] = {}
     for path in sorted(directory.glob("*.ckpt")):
-        step = int(read_checkpoint(path).get("global_step", 0))
+        ckpt = read_checkpoint(path)
+        if "averaged_from" in ckpt:  # an average carries its newest step: it would stand in for that checkpoint
+            continue
+        step = int(ckpt.get("global_step", 0))
         if step not in by_step or by_step[step].name == "last.ckpt":
             by_step[step] = path
     if len(by_step) < n:

@@ -5,6 +5,7 @@ Values (allowed choices, impossible combinations) are checked by `validate` befo
 
 from __future__ import annotations
 
+import math
 import secrets
 import typing
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -92,6 +93,26 @@ class DecodeSchema:
     compile: bool = False
 
 
+# eval_protocol.checkpoint: which weights give a run's own test score (attnlab.protocol).
+PROTOCOL_CHECKPOINTS = ("best", "last", "average_last")
+
+
+@dataclass
+class EvalProtocolSchema:
+    """How a run's own test score is made, once and the same way for every run it is compared with.
+    Decoding comes from `decode.*`; `attnlab-eval` with the same weights gives the same scores."""
+
+    # best: callbacks.model_checkpoint's best (its monitor, val/loss by default); last: checkpoints/last.ckpt;
+    # average_last: the mean weights of the last `average_last` checkpoints in checkpoints/ (the paper's 5).
+    checkpoint: str = "best"
+    average_last: int = 5
+    # null: the data's test split; or split names, e.g. [test_2016_flickr, test_2017_flickr] for data=multi30k.
+    # The first gives test/bleu, test/chrf, ...; each further one test/<name>/bleu, ...
+    test_sets: list[str] | None = None
+    # attnlab-eval's default: sentences are batched by length, so the same batch size decodes the same.
+    batch_size: int = 64
+
+
 @dataclass
 class PaperScaleSchema:
     """How a run that is written in a paper's numbers (conf/table3/) is scaled to this machine: widths
@@ -109,6 +130,7 @@ class TrainSchema:
     optim: OptimSchema = field(default_factory=OptimSchema)
     decode: DecodeSchema = field(default_factory=DecodeSchema)
     paper_scale: PaperScaleSchema = field(default_factory=PaperScaleSchema)
+    eval_protocol: EvalProtocolSchema = field(default_factory=EvalProtocolSchema)
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
@@ -164,6 +186,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         ("data", DataSchema),
         ("optim", OptimSchema),
         ("decode", DecodeSchema),
+        ("eval_protocol", EvalProtocolSchema),
     ):
         known = [f.name for f in fields(schema)]
         for key in cfg[group]:
@@ -215,6 +238,7 @@ def validate(cfg: DictConfig) -> None:
             f"({longest} tokens, from data.max_len / data.max_sentence_len); raise model.max_len"
         )
     check_trainer(cfg.trainer, cfg.optim.schedule)
+    check_eval_protocol(cfg)
 
 
 def _is_int(value: Any) -> bool:
@@ -248,6 +272,65 @@ def check_data(data: DictConfig, test: bool = True) -> None:
             f"{data.max_len} allows ({data.max_len + 1} tokens with EOS); raise data.max_tokens to at least "
             f"{data.max_len + 1}"
         )
+
+
+def check_eval_protocol(cfg: DictConfig) -> None:
+    """eval_protocol.* values, and an average the run's callbacks cannot feed (found after training,
+    that would lose the run's test score)."""
+    p = cfg.eval_protocol
+    _choice("eval_protocol.checkpoint", p.checkpoint, PROTOCOL_CHECKPOINTS)
+    _at_least("eval_protocol.average_last", p.average_last, 1, "checkpoints to average")
+    _at_least("eval_protocol.batch_size", p.batch_size, 1, "sentences decoded together")
+    names = list(p.test_sets) if p.test_sets is not None else ["test"]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) < len(names):
+        raise ConfigError(
+            f"eval_protocol.test_sets={names!r}: give null (the data's test split) or a list of distinct "
+            "split names, e.g. [test_2016_flickr,test_2017_flickr]"
+        )
+    if cfg.data.source == "synthetic" and not set(names) <= {"train", "val", "test"}:
+        raise ConfigError(f"eval_protocol.test_sets={names!r}: synthetic data has the splits train, val and test only")
+    if cfg.data.source == "multi30k":
+        from .data.multi30k import check_selection  # it imports ConfigError from here
+
+        for name in names:
+            try:
+                check_selection({"test": name} if name != "test" else {}, cfg.data.src_lang, cfg.data.tgt_lang)
+            except ConfigError as err:
+                raise ConfigError(f"eval_protocol.test_sets has {err}".replace("data.splits.test=", "")) from None
+    if p.checkpoint != "average_last" or not cfg.test or cfg.trainer.get("fast_dev_run"):
+        return
+    kept, how = checkpoints_kept(cfg)
+    if p.average_last > kept:
+        raise ConfigError(
+            f"eval_protocol.checkpoint=average_last averages the last {p.average_last} checkpoints, but this "
+            f"run keeps at most {kept} ({how}); use callbacks=keep_last with callbacks.keep_last.save_top_k >= "
+            f"{p.average_last} and enough epochs or steps to save them, or "
+            + (f"eval_protocol.average_last={kept}" if kept else "eval_protocol.checkpoint=best")
+        )
+
+
+def checkpoints_kept(cfg: DictConfig) -> tuple[int, str]:
+    """The most checkpoints of distinct steps the callbacks can leave (an upper bound: max_time or early
+    stopping may end training sooner), and how that was counted."""
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    kept, parts, save_last = 0, [], False
+    for name, node in (cfg.callbacks or {}).items():
+        if node is None or not str(node.get("_target_", "")).endswith("ModelCheckpoint"):
+            continue
+        save_last = save_last or bool(node.get("save_last"))
+        if node.get("monitor") != "step":  # keeps the best by a metric, or only last.ckpt
+            continue
+        top_k = node.get("save_top_k", 1)
+        keep = math.inf if top_k == -1 else top_k
+        if node.get("every_n_train_steps") and _is_int(steps) and steps > 0:
+            keep = min(keep, steps // node.every_n_train_steps)
+        elif node.get("every_n_epochs") and not node.get("every_n_train_steps") and _is_int(epochs) and epochs > 0:
+            keep = min(keep, epochs // node.every_n_epochs)
+        kept += keep
+        parts.append(f"callbacks.{name}: {keep if keep != math.inf else 'all'}")
+    if not parts:
+        return (1, "only last.ckpt") if save_last else (0, "no callback keeps the last checkpoints")
+    return kept, ", ".join(parts)
 
 
 def _precisions() -> list:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from .checkpoint import TrainedModel, load_for_inference
 from .cli import explain_and_exit
 from .config import ConfigError
-from .data.datamodule import TranslationDataModule
+from .data.datamodule import SPLITS, TranslationDataModule
 from .data.text import CorpusError, read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .metrics import corpus_scores, exact_match, signatures
@@ -71,37 +70,80 @@ def read_test_set(cfg: DictConfig) -> tuple[list[str], list[str]]:
         if len(src) != len(ref):
             raise CorpusError(f"{src_path} has {len(src)} lines but {ref_path} has {len(ref)}; they must align")
     else:
-        data, seed = run_data_config(cfg)
-        if data.get("root"):
-            data["root"] = to_absolute_path(data["root"])
-        if cfg.split not in ("train", "val", "test"):
-            raise ConfigError(f"split={cfg.split!r} is not one of ['train', 'val', 'test']")
-        src, ref = TranslationDataModule(**data, seed=seed).read_split(cfg.split)
+        src, ref = read_split(*run_data_config(cfg), cfg.split)
     src, ref = src[: cfg.limit], ref[: cfg.limit]
     if not src:
         raise CorpusError("the test set is empty")
     return src, ref
 
 
+def read_split(data: dict, seed: int, split: str) -> tuple[list[str], list[str]]:
+    """The sentences of one split of a run's `data.*`: train, val, test, or, for a corpus on disk, any
+    test set by its file name (`test_2017_flickr` with data=multi30k reads test_2017_flickr.{src,tgt})."""
+    data = dict(data)
+    if data.get("root"):
+        data["root"] = to_absolute_path(data["root"])
+    if split not in SPLITS:
+        if data.get("source", "synthetic") == "synthetic":
+            raise ConfigError(f"split={split!r} is not one of {list(SPLITS)} (the splits of synthetic data)")
+        data["splits"] = {**(data.get("splits") or {}), "test": split}
+        split = "test"
+    return TranslationDataModule(**data, seed=seed).read_split(split)
+
+
 @torch.no_grad()
-def teacher_forced_nll(trained: TrainedModel, sources: list[list[int]], references: list[str], batch_size: int):
-    """Sum of -log p(reference token) and the number of tokens (EOS included), as in training."""
+def teacher_forced(trained: TrainedModel, sources: list[list[int]], references: list[str], batch_size: int):
+    """Teacher-forced sums over the references, as in training: (label-smoothed loss with the run's own
+    optim.label_smoothing, -log p(reference token), tokens predicted right, tokens); EOS counts."""
     model, cfg = trained.model, trained.model.config
+    smoothing = float((trained.hparams.get("optim") or {}).get("label_smoothing", 0.0))
     device = next(model.parameters()).device
     targets = [trained.tgt_tokenizer.encode(r)[: cfg.max_len - 1] for r in references]
-    total, n = 0.0, 0
+    sums = [0.0, 0.0, 0, 0]
     for start in range(0, len(sources), batch_size):
         src = [torch.tensor(s) for s in sources[start : start + batch_size]]
         tgt = targets[start : start + batch_size]
         tgt_in = [torch.tensor([cfg.bos_id] + t) for t in tgt]
         tgt_out = [torch.tensor(t + [cfg.eos_id]) for t in tgt]
         pad = lambda xs: pad_sequence(xs, batch_first=True, padding_value=cfg.pad_id).to(device)
-        logits = model(pad(src), pad(tgt_in))
-        gold = pad(tgt_out)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), gold.flatten(), ignore_index=cfg.pad_id,
-                                       reduction="sum"))  # fmt: skip
-        n += int((gold != cfg.pad_id).sum())
-    return total, n
+        for i, value in enumerate(model.loss(pad(src), pad(tgt_in), pad(tgt_out), smoothing)):
+            sums[i] += value.item()
+    return tuple(sums)
+
+
+def score(
+    trained: TrainedModel, src_text: list[str], ref_text: list[str], decode_cfg: dict, batch_size: int, what: str
+) -> tuple[dict, list[str]]:
+    """Decode a test set and score it: (metrics, detokenised best hypotheses, one per source line).
+    attnlab-eval and a training run's own test (attnlab.protocol) both score with this, so the same
+    weights, decoding and batch size give the same numbers."""
+    sources = fit_sources([trained.src_tokenizer.encode(s) for s in src_text], trained.model, what)
+    start = time.perf_counter()
+    results = translate_ids(trained.model, sources, {**decode_cfg, "n_best": 1}, batch_size)
+    seconds = time.perf_counter() - start
+    hyp_ids = [hyps[0][0] for hyps in results]
+    hyps = [trained.tgt_tokenizer.decode(ids) for ids in hyp_ids]
+
+    smoothed, nll, correct, n_tokens = teacher_forced(trained, sources, ref_text, batch_size)
+    metrics = corpus_scores(hyps, ref_text)
+    metrics.update(
+        exact_match=exact_match(hyps, [" ".join(r.split()) for r in ref_text]),
+        loss=nll / n_tokens,  # NLL per token, no label smoothing: exp(loss) is the perplexity
+        ppl=math.exp(min(nll / n_tokens, 50.0)),
+        label_smoothed_loss=smoothed / n_tokens,  # what val/loss measures during training
+        token_acc=correct / n_tokens,
+        sentences=len(hyps),
+        sentences_per_sec=len(hyps) / seconds,
+        tokens_per_sec=sum(len(ids) + 1 for ids in hyp_ids) / seconds,  # output tokens, EOS included
+    )
+    return metrics, hyps
+
+
+def write_hypotheses(path: Path, hyps: list[str]) -> Path:
+    """One detokenised hypothesis a line, UTF-8, in the order of the source lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return path
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -114,30 +156,13 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"attnlab-eval: {describe_decoding(decode_cfg, source)}", flush=True)
     trained.model.to(device)
     src_text, ref_text = read_test_set(cfg)
-    sources = fit_sources([trained.src_tokenizer.encode(s) for s in src_text], trained.model, cfg.split)
-
-    start = time.perf_counter()
-    results = translate_ids(trained.model, sources, decode_cfg, cfg.batch_size)
-    seconds = time.perf_counter() - start
-    hyp_ids = [hyps[0][0] for hyps in results]
-    hyps = [trained.tgt_tokenizer.decode(ids) for ids in hyp_ids]
-
-    nll, n_tokens = teacher_forced_nll(trained, sources, ref_text, cfg.batch_size)
-    metrics = corpus_scores(hyps, ref_text)
-    metrics.update(
-        exact_match=exact_match(hyps, [" ".join(r.split()) for r in ref_text]),
-        loss=nll / n_tokens,
-        ppl=math.exp(min(nll / n_tokens, 50.0)),
-        sentences=len(hyps),
-        sentences_per_sec=len(hyps) / seconds,
-        tokens_per_sec=sum(len(ids) + 1 for ids in hyp_ids) / seconds,  # output tokens, EOS included
-    )
-    hyp_path = out_dir / f"hypotheses.{cfg.split}.txt"
-    hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    metrics, hyps = score(trained, src_text, ref_text, decode_cfg, cfg.batch_size, cfg.split)
+    hyp_path = write_hypotheses(out_dir / f"hypotheses.{cfg.split}.txt", hyps)
     results_json = {
         "metrics": metrics,
         "signatures": signatures(),
         "checkpoint": str(trained.path),
+        "averaged_from": [str(p) for p in trained.averaged_from],
         "global_step": trained.global_step,
         "split": cfg.split if not cfg.src_file else str(cfg.src_file),
         "decode": decode_cfg,

@@ -3,9 +3,10 @@ skipped and unfinished ones resumed when a sweep is run again, and a summary at 
 
 Each job writes `result.json` next to its `.hydra/` directory: status (running / ok / failed /
 stopped, with the error), the job's overrides, final and best metrics, parameter count, steps, wall
-time (of all its segments when it was resumed) and training tokens per second. `SweepSummary` (a
-Hydra callback set in conf/train.yaml) reads them all when the sweep ends, prints how many failed
-and exits non-zero if any did.
+time (of all its segments when it was resumed), training tokens per second, and `protocol`: how its
+test metrics were made (attnlab.protocol: weights, test sets, decoding, hypotheses files).
+`SweepSummary` (a Hydra callback set in conf/train.yaml) reads them all when the sweep ends, prints
+how many failed and exits non-zero if any did.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from . import runlog, segments
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
+# Written by attnlab.protocol (which imports this module) after the run's test.
+PROTOCOL_FILE = "protocol.json"
 # Left in the directory Hydra made for a `resume=true` run that continued an earlier run instead, when
 # that directory holds more than Hydra's own files and so is kept (resume.py removes it otherwise): it
 # names the run, and attnlab-report does not list the directory as a run of its own.
@@ -45,11 +48,7 @@ def in_multirun() -> bool:
 
 
 def read_result(job_dir: Path) -> dict | None:
-    path = Path(job_dir) / RESULT_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return _read_json(Path(job_dir) / RESULT_FILE)
 
 
 def _write_result(job_dir: Path, result: dict) -> None:
@@ -107,7 +106,16 @@ def _summarise(job_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
         # under ddp_spawn the launching process's trainer never steps: the log has the count
         "steps": int(metrics.get("steps") or runlog.last_step(rows) or 0),
         "tokens_per_sec": runlog.mean_of(rows, "train/tokens_per_sec"),
+        # how test/* was made (weights, test sets, decoding, hypotheses files): attnlab.protocol
+        "protocol": _read_json(job_dir / PROTOCOL_FILE),
     }
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 class _JobRecord:

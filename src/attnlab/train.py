@@ -1,4 +1,4 @@
-"""`attnlab-train`: compose the config, build data, model and trainer, fit, test, report."""
+"""`attnlab-train`: compose the config, build data, model and trainer, fit, test (eval_protocol), report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hydra.utils import instantiate, to_absolute_path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from . import faults, metadata, preflight
+from . import faults, metadata, preflight, protocol
 from .cli import USER_ERRORS, explain_and_exit
 from .config import ConfigError, model_config, validate
 from .data.datamodule import TranslationDataModule
@@ -121,6 +121,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         )
     dm = build_datamodule(cfg)
     preflight.check_lengths(dm, cfg.model.max_len)  # every sentence fits the model and a batch
+    testing = cfg.test and not cfg.trainer.get("fast_dev_run")
+    test_sets = protocol.read_test_sets(cfg) if testing else {}  # a missing test set fails before training
+    (out_dir / protocol.PROTOCOL_FILE).unlink(missing_ok=True)  # an earlier segment's, about to be outdated
     module = build_module(cfg, dm)
     preflight.check_before_fit(out_dir, module)  # disk room for checkpoints
     trainer = build_trainer(cfg)
@@ -129,10 +132,12 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
     faults.fit(trainer, module, datamodule=dm, ckpt_path=ckpt_path)  # Ctrl-C/SIGTERM: save, then Interrupted
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.test and not trainer.fast_dev_run:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in results[0].items()})
+    if testing and trainer.is_global_zero:
+        # eval_protocol.*: the declared weights and test sets, scored as attnlab-eval scores them
+        tested = protocol.run_protocol(cfg, trainer, module, test_sets, out_dir)
+        metrics.update(tested)
+        _best_effort("logging the test metrics", lambda: protocol.log_test_metrics(trainer.loggers, tested,
+                                                                                 trainer.global_step))  # fmt: skip
     metrics["parameters"] = module.model.num_parameters()
     metrics["steps"] = trainer.global_step
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
