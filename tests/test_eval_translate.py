@@ -208,6 +208,19 @@ def test_eval_with_average_last(ckpt, tmp_path, run_app):
     results = json.loads(results_path.read_text())
     assert results["checkpoint"] == str(results_path.parent / "averaged.ckpt")
     assert results["metrics"]["sentences"] == 32 and results["metrics"]["exact_match"] >= 0.8
+    assert results["averaged_from"] == [str(p) for p in last_checkpoints(ckpt.parent, 3)]
+
+
+def test_an_average_in_the_checkpoint_folder_is_never_averaged_again(trained_run, tmp_path):  # noqa: F811
+    """An averaged file carries its newest checkpoint's step: counted, it would replace that checkpoint."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for path in (trained_run / "checkpoints").glob("*.ckpt"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    before = last_checkpoints(folder, 3)
+    average_checkpoints(before, folder / "averaged.ckpt")  # sorts before keep-*.ckpt and last.ckpt
+    assert [p.name for p in last_checkpoints(folder, 3)] == [p.name for p in before]
+    assert "averaged.ckpt" not in {p.name for p in before}
 
 
 def test_validation_bleu_is_logged_during_training(trained_run, compose_train):  # noqa: F811
