@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 import attnlab.train
-from attnlab import evaluate, train
+from attnlab import evaluate, protocol, train
+from attnlab.config import ConfigError
 from test_bad_input import QUICK, in_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,17 @@ def test_the_protocol_names_the_command_that_repeats_it(run_dir):
     assert not list(run_dir.rglob("averaged*.ckpt"))
 
 
+def test_too_few_checkpoints_after_training_names_the_command_for_those_kept(run_dir, tmp_path):
+    """max_time or early stopping can end a run before it saved the checkpoints validation counted on."""
+    cfg = OmegaConf.create({"eval_protocol": {"checkpoint": "average_last", "average_last": 9},
+                            "callbacks": {"model_checkpoint": {"dirpath": str(run_dir / "checkpoints")}}})  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        protocol.protocol_weights(cfg, None, None, tmp_path)
+    message = str(refused.value)
+    assert "checkpoints of 3 distinct steps, fewer than the 9 to average" in message, message
+    assert f"score them with attnlab-eval ckpt={run_dir / 'checkpoints'} average_last=N" in message
+
+
 def test_the_default_protocol_tests_the_best_checkpoint(tmp_path, monkeypatch):
     """Synthetic runs keep the protocol they had: the best validation-loss checkpoint, test split."""
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -138,7 +151,8 @@ REFUSED = {
     "unknown checkpoint": (["eval_protocol.checkpoint=best_bleu"], ["eval_protocol.checkpoint='best_bleu'", "'last'"]),
     "zero average": (["eval_protocol.average_last=0"], ["eval_protocol.average_last=0", ">= 1"]),
     "a test set synthetic data lacks": (
-        ["eval_protocol.test_sets=[test,test_2017]"], ["eval_protocol.test_sets=['test', 'test_2017']", "train, val and test"],
+        ["eval_protocol.test_sets=[test,test_2017]"],
+        ["eval_protocol.test_sets=['test', 'test_2017']", "train, val and test"],
     ),
     "a test set Multi30k lacks": (
         ["data=multi30k", "data.root=/nowhere", "model.max_len=128", "eval_protocol.test_sets=[test_2019_flickr]"],
@@ -157,7 +171,8 @@ def nothing_built(monkeypatch):
 
 @pytest.mark.faults
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_a_protocol_the_run_cannot_follow_is_refused_before_training(case, tmp_path, monkeypatch, capsys, nothing_built):
+def test_a_protocol_the_run_cannot_follow_is_refused_before_training(case, nothing_built, tmp_path, monkeypatch,
+                                                                     capsys):
     overrides, expected = REFUSED[case]
     code, err = in_process(tmp_path, monkeypatch, capsys)(*QUICK, "test=true", *overrides)
     assert code == 2, err
