@@ -1,5 +1,8 @@
 """The LightningModule: label-smoothed loss, Adam with warm-up, metrics and logging.
 
+It has no test stage: a run's test score is made after training by attnlab.protocol with
+attnlab-eval's own scoring, so the two can never disagree.
+
 It holds the plain `Transformer`; the checkpoint carries the model config, the
 tokenizers and a format version, so it rebuilds its model without any config file.
 """
@@ -89,12 +92,6 @@ class TranslationModule(L.LightningModule):
             for hyp, ref in zip(hyps, batch["tgt_out"].tolist()):
                 self.val_outputs.append((hyp, self._content(ref)))
 
-    def test_step(self, batch, batch_idx):
-        self._shared_step(batch, "test")
-        hyps = self.translate_ids(batch["src"])
-        for hyp, ref in zip(hyps, batch["tgt_out"].tolist()):
-            self.val_outputs.append((hyp, self._content(ref)))
-
     def _decode_this_epoch(self) -> bool:
         every = self.hparams.val_decode_every
         return every > 0 and (self.current_epoch + 1) % every == 0 and self.hparams.val_decode_size > 0
@@ -127,15 +124,6 @@ class TranslationModule(L.LightningModule):
         if nll is not None:
             self.log("val/ppl", math.exp(min(float(nll), 50.0)))
         self._log_decoded("val")
-
-    def on_test_epoch_start(self):
-        self.val_outputs.clear()
-
-    def on_test_epoch_end(self):
-        nll = self.trainer.callback_metrics.get("test/nll")
-        if nll is not None:
-            self.log("test/ppl", math.exp(min(float(nll), 50.0)))
-        self._log_decoded("test")
 
     # -- decoding -------------------------------------------------------------------------
     @torch.no_grad()
