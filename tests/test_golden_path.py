@@ -60,6 +60,12 @@ README_COMMANDS = {
     "tensorboard --logdir outputs --host 127.0.0.1":
         "test_killed_run_resumes_with_all_loggers (the event files read by TensorBoard's EventAccumulator, "
         "no server)",
+    "tensorboard --logdir outputs/sweep_positional/multiruns/latest --host 127.0.0.1":
+        "test_demo_sweep_with_joblib_and_its_report (its sweep of model.positional with logger=tensorboard; the "
+        "HParams events read by TensorBoard's own loader, no server; the browser view: "
+        "tests/test_hparams.py::test_hparams_view_in_chromium, slow)",
+    "attnlab-train -m sweep=table3 experiment=table3_multi30k data.root=/path/to/multi30k":
+        "test_train_commands_compose (composed and validated: 26 rows of minutes each)",
     "attnlab-train <same overrides> resume=true": "test_killed_run_resumes_with_all_loggers (SIGKILL at a step)",
     "attnlab-reproduce outputs/train/runs/<run>": "test_reproduce_the_run",
 }
@@ -271,7 +277,7 @@ def test_killed_run_resumes_with_all_loggers(work):
 def test_demo_sweep_with_joblib_and_its_report(work):
     done = run(work, "attnlab-train", "-m", "sweep=demo", "hydra/launcher=joblib", "data.train_size=200", "test=false",
                "data.val_size=16", "data.test_size=16", "trainer.max_epochs=1", "val_decode_size=4",
-               timeout=400)  # fmt: skip
+               "logger=tensorboard", timeout=400)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = work / "outputs" / "demo" / "multiruns" / "latest"
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]
@@ -281,6 +287,12 @@ def test_demo_sweep_with_joblib_and_its_report(work):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {r.get("model.positional") for r in rows} == {"sinusoidal", "none"}, rows
     assert (sweep / "report" / "report.md").is_file()
+    # What `tensorboard --logdir <sweep>` shows in its HParams tab: one session per job, the swept key first.
+    from test_hparams import hparams_events
+
+    sessions = [hparams_events(d) for d in sorted(sweep.glob("*/tensorboard"))]
+    assert sorted(s["hparams"]["model.positional"].string_value for s in sessions) == ["none", "sinusoidal"]
+    assert sessions[0]["experiment"].hparam_infos[0].name == "model.positional"
 
 
 # -- commands run in a cheap form ----------------------------------------------------------------------------
@@ -307,6 +319,7 @@ def test_train_commands_compose(work):
         "data=copy model=small optim=noam": "train|copy|sinusoidal|256|noam",
         "experiment=multi30k_en_de": "multi30k_en_de|de|sinusoidal|256|",
         "sweep=heads": "sweep_heads|reverse|",  # -m: the sweeper's grid is test_sweeps.py's
+        "sweep=table3 experiment=table3_multi30k data.root=corpus": "table3_multi30k|en|sinusoidal|128|",
     }
     done = subprocess.run([sys.executable, "-c", COMPOSE, *cases], cwd=work, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "ATTNLAB_DATA_DIR": str(work / "cache")})  # fmt: skip
