@@ -153,6 +153,17 @@ def test_headers_say_which_epoch_and_checkpoint_each_number_comes_from(tmp_path:
     assert [r["best:val/exact_match_epoch"] for r in rows] == ["2", "2"]
 
 
+def test_an_averaging_protocol_labels_test_with_its_checkpoints_and_no_epoch(tmp_path: Path) -> None:
+    """eval_protocol.checkpoint=average_last (the multi30k and table3 experiments): the test column says
+    which checkpoints were averaged, and no single epoch is claimed for it."""
+    averaged = {**CHECKPOINTED, "eval_protocol": {"checkpoint": "average_last", "average_last": 5}}
+    make_run(tmp_path / "s" / "0", ["model.n_heads=2"], [2.0, 1.0, 1.2], exact=0.5, config=averaged, test=0.5)
+    make_run(tmp_path / "s" / "1", ["model.n_heads=4"], [2.0, 1.5, 1.4], exact=0.5, config=averaged, test=0.4)
+    files = report([str(tmp_path / "s")], tmp_path / "out", plots=False)
+    assert "| test exact match (avg of last 5 ckpts) |" in files["markdown"].read_text()
+    assert all(not r.get("test/exact_match_epoch") for r in _csv(files["csv"]))
+
+
 def test_without_a_best_checkpoint_test_is_labelled_final_weights(tmp_path: Path) -> None:
     make_run(tmp_path / "s" / "0", ["model.n_heads=2"], [2.0, 1.0], exact=0.5, test=0.5)
     make_run(tmp_path / "s" / "1", ["model.n_heads=4"], [2.0, 1.0], exact=0.5, test=0.5)

@@ -242,6 +242,11 @@ def final_metric_order(cfg: DictConfig, metrics: dict[str, float]) -> list[str]:
 def _metric_description(metric: str, cfg: DictConfig) -> str:
     """Which weights a number comes from (train.py: test on the best checkpoint when there is one)."""
     if metric.startswith("test/"):
+        protocol = OmegaConf.select(cfg, "eval_protocol.checkpoint", default="best")
+        if protocol == "last":
+            return "test set, last checkpoint"
+        if protocol == "average_last":
+            return f"test set, average of the last {OmegaConf.select(cfg, 'eval_protocol.average_last')} checkpoints"
         monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
         mode = OmegaConf.select(cfg, "callbacks.model_checkpoint.mode", default="min")
         return f"test set, checkpoint with the {mode} {monitor}" if monitor else "test set, final weights"

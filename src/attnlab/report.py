@@ -41,6 +41,8 @@ def test_source(jobs: list[Job]) -> str:
     source = sources.pop() if sources else None
     if source is None:
         return "final weights"
+    if isinstance(source, str):  # eval_protocol last / average_last
+        return source
     monitor, mode = source
     return f"{mode} {monitor.replace('/', ' ').replace('_', ' ')} ckpt"
 
@@ -55,7 +57,8 @@ def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
     cols = [(f"val/{n}", f"val {label[n]}, last epoch") for n in names]
     cols += [(f"best:val/{n}", f"best val {label[n]} (epoch)") for n in names]
     source = test_source(jobs)
-    source += "" if source == "final weights" else ", epoch"
+    # a best checkpoint is one epoch's weights: say which; an average or the final weights are not
+    source += ", epoch" if all(isinstance(test_checkpoint(j.config), tuple) for j in jobs) else ""
     cols += [(f"test/{n}", f"test {label[n]} ({source})") for n in names]
     return [c for c in cols if any(c[0] in j.values for j in jobs)]
 

@@ -164,10 +164,16 @@ def _segments(result: dict, record: dict) -> tuple[int, bool]:
     return count, count > 1
 
 
-def test_checkpoint(config: dict[str, str]) -> tuple[str, str] | None:
-    """(monitor, mode) of the checkpoint train.py tests: `trainer.checkpoint_callback`, Lightning's
-    first ModelCheckpoint, which is `callbacks.model_checkpoint` in every callbacks preset; None when
-    the run had none (then the test ran on the final weights)."""
+def test_checkpoint(config: dict[str, str]) -> tuple[str, str] | str | None:
+    """Which weights the run's test score comes from (its `eval_protocol`, attnlab.protocol): for the
+    best checkpoint, (monitor, mode) of `callbacks.model_checkpoint` (Lightning's first ModelCheckpoint
+    in every callbacks preset), None when the run had none (the final weights); for the other
+    protocols a short label: "last ckpt" or "avg of last N ckpts"."""
+    protocol = config.get("eval_protocol.checkpoint", "best")
+    if protocol == "last":
+        return "last ckpt"
+    if protocol == "average_last":
+        return f"avg of last {config.get('eval_protocol.average_last', '?')} ckpts"
     monitor = config.get("callbacks.model_checkpoint.monitor")
     if monitor in (None, "None") or config.get("callbacks.model_checkpoint.save_top_k") == "0":
         return None
@@ -193,7 +199,7 @@ def _epochs(rows: list[dict[str, float]], checkpoint: tuple[str, str] | None) ->
         epoch = _best_epoch(rows, key, "max" if key.endswith(runlog.HIGHER_IS_BETTER) else "min")
         if epoch is not None:
             epochs[f"best:{key}"] = epoch
-    if checkpoint and any(k.startswith("test/") for r in rows for k in r):
+    if isinstance(checkpoint, tuple) and any(k.startswith("test/") for r in rows for k in r):
         epoch = _best_epoch(rows, *checkpoint)
         if epoch is not None:
             epochs["test"] = epoch
