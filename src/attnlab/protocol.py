@@ -6,8 +6,10 @@ like with like.
 It scores with attnlab-eval's own functions (`evaluate.score`, `checkpoint.load_for_inference`),
 so `attnlab-eval ckpt=<run>/checkpoints average_last=N split=<test set>` gives the same numbers.
 It writes what a report needs to compare runs sentence by sentence (paired bootstrap):
-`<run>/hyps/<test set>.txt`, one detokenised hypothesis per source line, and `<run>/protocol.json`,
-which result.json copies as its `protocol`.
+`<run>/hyps/<test set>.txt`, one detokenised hypothesis per source line, the references they were
+scored against (`<run>/refs/<test set>.txt`, after the corpus cleaning, so a report needs neither
+the corpus nor its config to re-score them), and `<run>/protocol.json`, which result.json copies as
+its `protocol` (with the model's own shape, vocabulary sizes included, for the report's FLOPs).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .translate import run_decode_settings
 
 log = logging.getLogger("attnlab")
 HYPS_DIR = "hyps"
+REFS_DIR = "refs"
 # evaluate.score's names -> the run's metric names. test/loss is label-smoothed like val/loss and
 # train/loss; test/nll is attnlab-eval's `loss` and test/ppl its `ppl`.
 RUN_KEYS = {"bleu": "bleu", "chrf": "chrf", "exact_match": "exact_match", "label_smoothed_loss": "loss",
@@ -104,10 +107,12 @@ def run_protocol(cfg: DictConfig, trainer: L.Trainer, module, texts: dict, run_d
     for i, (name, (src, ref)) in enumerate(texts.items()):
         scores, hyps = score(trained, src, ref, decode_cfg, protocol.batch_size, name)
         hyp_path = write_hypotheses(run_dir / HYPS_DIR / f"{name}.txt", hyps)
+        ref_path = write_hypotheses(run_dir / REFS_DIR / f"{name}.txt", ref)
         prefix = "test/" if i == 0 else f"test/{name}/"
         metrics.update({prefix + ours: float(scores[theirs]) for theirs, ours in RUN_KEYS.items()})
         sets[name] = {**{k: scores[k] for k in RECORDED}, "metrics_prefix": prefix,
-                      "hypotheses": _relative(hyp_path, run_dir)}  # fmt: skip
+                      "hypotheses": _relative(hyp_path, run_dir),
+                      "references": _relative(ref_path, run_dir)}  # fmt: skip
         log.info("test set %s (%d sentences): BLEU %.2f, chrF %.2f", name, len(hyps), scores["bleu"], scores["chrf"])
     write_record(cfg, trainer, trained, decode_cfg, sets, run_dir)
     return metrics
@@ -139,6 +144,7 @@ def write_record(cfg, trainer, trained: TrainedModel, decode_cfg: dict, sets: di
         "batch_size": protocol.batch_size,
         "signatures": signatures(),
         "eval_command": command,
+        "model": trained.model.config.to_dict(),
     }
     (run_dir / PROTOCOL_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     return record
