@@ -94,7 +94,8 @@ def test_each_sweep_job_is_its_own_finished_wandb_run_in_one_group(sweep):
         assert run["job_type"] == "train"
         assert run["tags"] == ["model.n_heads"]  # the swept keys
         assert run["name"] == f"n_heads={heads}"  # from the job's overrides
-        assert run["state"] == "finished" and run["exit_code"] == 0  # every job called finish: no job logged into another's run
+        # every job called finish: no job logged into another's run
+        assert run["state"] == "finished" and run["exit_code"] == 0
         # The full resolved config, and the job's own value in it.
         assert run["config"]["model"]["n_heads"] == heads
         assert run["config"]["model"]["d_model"] == 64 and run["config"]["seed"] == 0

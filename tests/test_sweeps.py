@@ -96,7 +96,8 @@ def test_table3_rows_match_the_paper_table() -> None:
      # real data: widths / 4, depths / 2
      ("table3_multi30k", dict(d_model=128, d_ff=512, encoder_layers=3),
       {"big": dict(d_model=256, d_ff=1024, n_heads=16), "B_dk16": dict(d_head=4), "B_dk32": dict(d_head=8),
-       "C_N8": dict(encoder_layers=4, decoder_layers=4), "C_ff4096": dict(d_ff=1024), "X_nores_N2": dict(residual=False, encoder_layers=1)}),
+       "C_N8": dict(encoder_layers=4, decoder_layers=4), "C_ff4096": dict(d_ff=1024),
+       "X_nores_N2": dict(residual=False, encoder_layers=1)}),
     ],
 )  # fmt: skip
 def test_table3_rows_are_the_papers_numbers_at_the_experiments_scale(experiment, base, rows) -> None:
