@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import explain_and_exit
+from .report_compute import TOKENS_LABEL
 from .report_data import SEED, Job, Row, load, test_checkpoint
+from .report_significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, RefError, compare_all, reference_row
 
 console = Console(width=200)
 # (column, header). Headers say where a number comes from: train and val columns are the last
@@ -29,6 +31,11 @@ LOSS_COLUMNS = [
     ("val/loss", "val loss, last epoch"), ("val/ppl", "val ppl, last epoch"),
 ]
 RUN_COLUMNS = [("parameters", "params"), ("steps", "steps"), ("time_s", "time s")]
+# Compute per run (attnlab.report_compute): the model's own matmul count, the training rate, the tokens.
+COMPUTE_COLUMNS = [
+    ("tokens_per_sec", "tokens/s"), ("flops_per_token", "train FLOPs / target token"),
+    ("train_tokens", f"target tokens ({TOKENS_LABEL})"), ("train_flops", "train FLOPs (est.)"),
+]
 RESUMED = "≥"  # marks a time that covers only a resumed run's last segment (see notes)
 
 
@@ -47,12 +54,17 @@ def test_source(jobs: list[Job]) -> str:
     return f"{mode} {monitor.replace('/', ' ').replace('_', ' ')} ckpt"
 
 
-def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
+def real_text(jobs: list[Job]) -> bool:
+    return not (jobs and all(j.config.get("data.source", "synthetic") == "synthetic" for j in jobs))
+
+
+def quality_names(jobs: list[Job]) -> list[str]:
     """Exact match on the synthetic tasks (BLEU is meaningless there), BLEU and chrF on real text."""
-    if jobs and all(j.config.get("data.source", "synthetic") == "synthetic" for j in jobs):
-        names = ["exact_match"]
-    else:
-        names = ["bleu", "chrf"]
+    return ["bleu", "chrf"] if real_text(jobs) else ["exact_match"]
+
+
+def quality_columns(jobs: list[Job]) -> list[tuple[str, str]]:
+    names = quality_names(jobs)
     label = {n: n.replace("_", " ") for n in names}
     cols = [(f"val/{n}", f"val {label[n]}, last epoch") for n in names]
     cols += [(f"best:val/{n}", f"best val {label[n]} (epoch)") for n in names]
@@ -71,7 +83,13 @@ def epoch_key(column: str) -> str | None:
 
 
 def columns(jobs: list[Job]) -> list[tuple[str, str]]:
-    return RUN_COLUMNS[:1] + LOSS_COLUMNS + quality_columns(jobs) + RUN_COLUMNS[1:]
+    compute = [c for c in COMPUTE_COLUMNS if any(c[0] in j.values for j in jobs)]
+    return RUN_COLUMNS[:1] + LOSS_COLUMNS + quality_columns(jobs) + RUN_COLUMNS[1:] + compute
+
+
+def is_quality(column: str) -> bool:
+    """The columns that get a 95% interval over seeds: BLEU, chrF, exact match (val, best val, test)."""
+    return column.split("/")[-1] in ("bleu", "chrf", "exact_match")
 
 
 def fmt(value: float | None, column: str) -> str:
@@ -81,6 +99,8 @@ def fmt(value: float | None, column: str) -> str:
         return f"{value:,.0f}"
     if column == "time_s":
         return f"{value:.0f}"
+    if column in ("flops_per_token", "train_tokens", "train_flops", "tokens_per_sec"):
+        return f"{value:.3g}"
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
@@ -94,13 +114,88 @@ def cell(row: Row, column: str) -> str:
         text += f" (ep {epochs})"
     if column == "time_s" and row.time_partial:
         text = RESUMED + text
+    summary = row.summary(column) if is_quality(column) and column.startswith("test/") else None
+    if summary is not None and summary.ci_low is not None:
+        text += f" [{fmt(summary.ci_low, column)}, {fmt(summary.ci_high, column)}]"
     return text
 
 
-def notes(rows: list[Row], cols) -> list[str]:
+class Significance:
+    """Every row against the reference row (attnlab.report_significance), as table cells and notes."""
+
+    def __init__(self, rows: list[Row], ref: Row | None, metrics: list[str], text: bool):
+        self.ref, self.metrics = ref, metrics
+        # the reference by what it is (model.n_heads=8), not by its job number
+        self.ref_name = " ".join(f"{k}={v}" for k, v in ref.axes.items()) or ref.label if ref is not None else ""
+        self.by_row = {id(r): c for r, c in zip(rows, compare_all(rows, ref, metrics, text))}
+
+    def of(self, row: Row) -> Comparison | None:
+        return self.by_row.get(id(row))
+
+    def header(self) -> list[str]:
+        if self.ref is None:
+            return []
+        name = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}
+        return [f"Δ test {name.get(m, m)} vs {self.ref_name} (p)" for m in self.metrics] + ["p from"]
+
+    def cells(self, row: Row) -> list[str]:
+        comp = self.of(row)
+        if comp is None:
+            return []
+        if comp.is_reference:
+            return ["ref"] * len(self.metrics) + [""]
+        out = []
+        for m in self.metrics:
+            if m in comp.p_values:
+                out.append(f"{comp.deltas[m]:+.3g} (p {comp.p_values[m]:.3g}){comp.marker(m)}")
+            else:
+                out.append("")
+        return out + [comp.test or "none (see notes)"]
+
+    def notes(self, rows: list[Row]) -> list[str]:
+        if self.ref is None:
+            return []
+        tests = {c.test for c in self.by_row.values() if c.test}
+        out = [f"Δ test vs {self.ref_name}: the row's test score minus the reference row's (`--ref` picks it); "
+               "`*`: p < 0.05, two-sided."]  # fmt: skip
+        if BOOTSTRAP in tests:
+            out.append(f"{BOOTSTRAP}: sacreBLEU's, {RESAMPLES:,} resamples of the sentences of the protocol's "
+                       "first test set, one run a side (test-set noise only, not seed noise).")  # fmt: skip
+        if WELCH in tests:
+            out.append(f"{WELCH}: Welch's t-test over the per-seed test scores (training noise included; "
+                       "little power with 2-3 seeds).")  # fmt: skip
+        why: dict[str, list[str]] = {}
+        for row in rows:
+            comp = self.of(row)
+            if comp is not None and comp.note:
+                why.setdefault(comp.note, []).append(row.label)
+        out += [f"{note}: {', '.join(labels)}." for note, labels in why.items()]
+        return out
+
+    def csv_header(self) -> list[str]:
+        return ["ref"] + [h for m in self.metrics for h in (f"Δtest/{m}", f"test/{m}_p")] + ["p_test", "p_note"]
+
+    def csv_cells(self, row: Row) -> list:
+        comp = self.of(row) or Comparison()
+        cells = [self.ref_name]
+        for m in self.metrics:
+            cells += [comp.deltas.get(m, ""), comp.p_values.get(m, "")]
+        return cells + ["reference" if comp.is_reference else comp.test or "", comp.note or ""]
+
+
+def notes(rows: list[Row], cols, sig: Significance | None = None) -> list[str]:
     """What the column labels cannot say in a few words."""
     names = {c for c, _ in cols}
     out = []
+    if any(len(r.jobs) > 1 for r in rows) and any(c.startswith("test/") and is_quality(c) for c in names):
+        out.append("test quality [a, b]: the 95% confidence interval of the mean over seeds (Student t, n - 1 "
+                   "degrees of freedom); the CSV has `_ci_low`, `_ci_high` and `_n` for every quality column.")
+    if "train_flops" in names:
+        out.append("Compute: `train FLOPs / target token` is the model's forward + backward matmul count "
+                   "(attnlab.perf.flops) for a sentence pair of the data's mean length; no run logs a token "
+                   f"counter, so `target tokens` is an estimate ({TOKENS_LABEL}: the logged rate counts source "
+                   "and target tokens; wall time includes validation and test, so it errs high), and so is "
+                   "`train FLOPs` = FLOPs / target token × target tokens.")  # fmt: skip
     if any(c.startswith(("best:", "test/")) for c in names):
         out.append("Epochs count from 1. `best val`: the best epoch of each metric on its own. `test`: the "
                    "checkpoint named in the header (callbacks.model_checkpoint; train.py tests it), from the epoch "
@@ -112,23 +207,28 @@ def notes(rows: list[Row], cols) -> list[str]:
         out.append(f"{RESUMED}: a resumed run whose result.json predates segment records: the time of its last "
                    "segment only (metadata.json records when each segment started, not when the earlier ones "
                    "ended).")
+    if sig is not None:
+        out += sig.notes(rows)
     return out
 
 
-def header_cells(keys: list[str], rows: list[Row], cols: list[tuple[str, str]]) -> tuple[list[str], bool]:
+def header_cells(keys: list[str], rows: list[Row], cols: list[tuple[str, str]],
+                 sig: Significance | None = None) -> tuple[list[str], bool]:  # fmt: skip
     folded = any(len(r.jobs) > 1 for r in rows)
     axes = [k for k in keys if k != SEED]
     head = ["run", *axes] + (["seeds", "n"] if folded else [SEED] if SEED in keys else []) + ["status"]
-    return head + [h for _, h in cols], folded
+    return head + [h for _, h in cols] + (sig.header() if sig else []), folded
 
 
-def row_cells(row: Row, keys: list[str], cols: list[tuple[str, str]], folded: bool) -> list[str]:
+def row_cells(row: Row, keys: list[str], cols: list[tuple[str, str]], folded: bool,
+              sig: Significance | None = None) -> list[str]:  # fmt: skip
     seeds = [row.seeds, str(len(row.jobs))] if folded else [row.seeds] if SEED in keys else []
-    return [row.label, *row.axes.values(), *seeds, row.status] + [cell(row, c) for c, _ in cols]
+    cells = [row.label, *row.axes.values(), *seeds, row.status] + [cell(row, c) for c, _ in cols]
+    return cells + (sig.cells(row) if sig else [])
 
 
-def terminal_table(keys: list[str], rows: list[Row], cols, title: str) -> Table:
-    head, folded = header_cells(keys, rows, cols)
+def terminal_table(keys: list[str], rows: list[Row], cols, title: str, sig: Significance | None = None) -> Table:
+    head, folded = header_cells(keys, rows, cols, sig)
     table = Table(title=title)
     for name in head:
         table.add_column(name, justify="left" if name in ("run", "status") or name in keys else "right")
@@ -139,58 +239,76 @@ def terminal_table(keys: list[str], rows: list[Row], cols, title: str) -> Table:
             table.add_section()
         previous = row.axes.get(first_axis) if first_axis else None
         style = None if row.status == "ok" else "red" if "failed" in row.status else "yellow"
-        table.add_row(*row_cells(row, keys, cols, folded), style=style)
+        table.add_row(*row_cells(row, keys, cols, folded, sig), style=style)
     return table
 
 
-def markdown(keys: list[str], rows: list[Row], cols, title: str, extra: list[str] = ()) -> str:
-    head, folded = header_cells(keys, rows, cols)
+def markdown(keys: list[str], rows: list[Row], cols, title: str, extra: list[str] = (),
+             sig: Significance | None = None) -> str:  # fmt: skip
+    head, folded = header_cells(keys, rows, cols, sig)
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row_cells(r, keys, cols, folded)) + " |" for r in rows]
-    lines += [line for note in [*notes(rows, cols), *extra] for line in ("", note)]
+    lines += ["| " + " | ".join(row_cells(r, keys, cols, folded, sig)) + " |" for r in rows]
+    lines += [line for note in [*notes(rows, cols, sig), *extra] for line in ("", note)]
     errors = [e for r in rows for e in r.errors]
     if errors:
         lines += ["", "## Failed jobs", ""] + [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, keys: list[str], rows: list[Row], cols) -> None:
-    """Plain numbers (no formatting), a `_std` column beside each metric, and every run directory."""
+def _ci_cells(row: Row, column: str) -> list:
+    summary = row.summary(column)
+    if summary is None:
+        return ["", "", ""]
+    return ["" if summary.ci_low is None else summary.ci_low, "" if summary.ci_high is None else summary.ci_high,
+            summary.n]  # fmt: skip
+
+
+def write_csv(path: Path, keys: list[str], rows: list[Row], cols, sig: Significance | None = None) -> None:
+    """Plain numbers (no formatting), a `_std` column beside each metric, the 95% interval and n of each
+    quality metric, the comparison with the reference row, and every run directory."""
     axes = [k for k in keys if k != SEED]
     metric_cols = [c for c, _ in cols]
+    ci_cols = [c for c in metric_cols if is_quality(c)]
     # the epoch each best / test number comes from (comma-separated for folded seeds)
     epoch_cols = [c for c in metric_cols if epoch_key(c)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", *axes, "seeds", "n", "status"] + [h for c in metric_cols for h in (c, f"{c}_std")]
-                        + [f"{c}_epoch" for c in epoch_cols] + ["segments", "error", "run_dirs"])
+                        + [h for c in ci_cols for h in (f"{c}_ci_low", f"{c}_ci_high", f"{c}_n")]
+                        + [f"{c}_epoch" for c in epoch_cols] + (sig.csv_header() if sig else [])
+                        + ["segments", "error", "run_dirs"])  # fmt: skip
         for r in rows:
             stats = [v for c in metric_cols for v in r.stats.get(c, ("", ""))]
             writer.writerow([r.label, *r.axes.values(), r.seeds, len(r.jobs), r.status]
                             + ["" if v is None else v for v in stats]
-                            + [r.epochs(epoch_key(c)) for c in epoch_cols]
+                            + [v for c in ci_cols for v in _ci_cells(r, c)]
+                            + [r.epochs(epoch_key(c)) for c in epoch_cols] + (sig.csv_cells(r) if sig else [])
                             + [r.segments, "; ".join(r.errors), "; ".join(str(j.run_dir) for j in r.jobs)])
 
 
-def report(paths: list[str], out: Path | None = None, plots: bool = True, by_seed: bool = True) -> dict[str, Path]:
-    """Build every output; returns {name: file written}."""
+def report(paths: list[str], out: Path | None = None, plots: bool = True, by_seed: bool = True,
+           ref: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """Build every output; returns {name: file written}. `ref`: the row the others are tested against
+    (a swept value, `value` or `key=value`; default `table3=base` in a table3 sweep, else the first row)."""
     jobs, keys, rows = load(paths, by_seed)
+    ref_row = reference_row(rows, keys, ref) if len(rows) > 1 else None
+    sig = Significance(rows, ref_row, quality_names(jobs), real_text(jobs))
     out = Path(out) if out else Path(paths[0]).resolve() / "report"
     out.mkdir(parents=True, exist_ok=True)
     cols = columns(jobs)
     title = f"attnlab report: {len(jobs)} runs, " + (f"swept: {', '.join(keys)}" if keys else "no differing overrides")
-    console.print(terminal_table(keys, rows, cols, title))
-    for note in notes(rows, cols):
+    console.print(terminal_table(keys, rows, cols, title, sig))
+    for note in notes(rows, cols, sig):
         console.print(note, highlight=False, markup=False)
     for error in (e for r in rows for e in r.errors):
         console.print(f"[red]failed[/red] {error}", highlight=False, markup=True)
     files = {"markdown": out / "report.md", "csv": out / "report.csv"}
-    files["markdown"].write_text(markdown(keys, rows, cols, title))
-    write_csv(files["csv"], keys, rows, cols)
+    files["markdown"].write_text(markdown(keys, rows, cols, title, sig=sig))
+    write_csv(files["csv"], keys, rows, cols, sig)
     if any(k == "table3" for k in keys):
         from .report_table3 import table3_report
 
-        files.update(table3_report(rows, cols, out, console))
+        files.update(table3_report(rows, cols, out, console, sig, plots))
     if plots:
         from .report_plots import plot_all
 
@@ -199,7 +317,7 @@ def report(paths: list[str], out: Path | None = None, plots: bool = True, by_see
         if skipped:  # the plots that were not drawn, and why, below the table too
             for line in skipped:
                 console.print(line, highlight=False, markup=False)
-            files["markdown"].write_text(markdown(keys, rows, cols, title, skipped))
+            files["markdown"].write_text(markdown(keys, rows, cols, title, skipped, sig))
     console.print("written: " + ", ".join(str(p) for p in files.values()), highlight=False)
     return files
 
@@ -210,11 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--out", type=Path, help="for report.md/.csv and the PNGs (default: <first dir>/report)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-fold", action="store_true", help="one row per job even for seed replicates")
+    parser.add_argument("--ref", help="the row every other is tested against: a swept value, e.g. "
+                        "model.n_heads=8 or 8 (default: table3=base in a table3 sweep, else the first row)")
     args = parser.parse_args(argv)
     try:
-        report(args.dirs, args.out, plots=not args.no_plots, by_seed=not args.no_fold)
+        report(args.dirs, args.out, plots=not args.no_plots, by_seed=not args.no_fold, ref=args.ref)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
         explain_and_exit(err, "attnlab-report")
+    except RefError as err:
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

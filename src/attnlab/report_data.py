@@ -8,6 +8,7 @@ report always equals the logs it was made from.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import metadata, runlog
-from .jobs import RESULT_FILE, RESUMED_INTO, read_result
+from .jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_result
+from .report_compute import compute_values
+from .report_stats import SeedSummary, seed_summary
 
 # Keys that say where a run went, not what it was; never an ablation axis.
 NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")
@@ -37,6 +40,7 @@ class Job:
     epochs: dict[str, int] = field(default_factory=dict)
     segments: int = 1  # processes that trained the run: its start and every resume
     time_partial: bool = False  # time_s is the last segment's only (see _segments)
+    protocol: dict | None = None  # how test/* was made (attnlab.protocol): test sets, hypotheses files
 
 
 @dataclass
@@ -74,6 +78,14 @@ class Row:
         """`4` or, for folded seeds, `4,5,4`: the epoch each job's number in `column` comes from."""
         found = [str(j.epochs[column]) for j in self.jobs if column in j.epochs]
         return ",".join(found)
+
+    def summary(self, column: str) -> SeedSummary | None:
+        """Mean, std, n and the 95% Student-t interval over the jobs that have `column` (None when none
+        has it or a value is not finite)."""
+        values = [j.values[column] for j in self.jobs if column in j.values]
+        if not values or not all(math.isfinite(v) for v in values):
+            return None
+        return seed_summary(values)
 
     @property
     def errors(self) -> list[str]:
@@ -139,6 +151,9 @@ def load_job(run_dir: Path) -> Job:
     rows = runlog.read_rows(runlog.find_metrics_csv(run_dir))
     status = result.get("status", "unfinished")
     segments, time_partial = _segments(result, metadata.read(run_dir) or {})
+    protocol = result.get("protocol") or _read_json(run_dir / PROTOCOL_FILE)
+    values = _values(result, rows)
+    values.update(compute_values(run_dir, protocol, values))
     return Job(
         run_dir=run_dir,
         label=f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
@@ -146,12 +161,20 @@ def load_job(run_dir: Path) -> Job:
         config=config,
         status=status if status in ("ok", "failed") else "unfinished",
         error=result.get("error"),
-        values=_values(result, rows),
+        values=values,
         rows=rows,
         epochs=_epochs(rows, test_checkpoint(config)),
         segments=segments,
         time_partial=time_partial,
+        protocol=protocol,
     )
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _segments(result: dict, record: dict) -> tuple[int, bool]:
@@ -216,7 +239,9 @@ def _values(result: dict, rows: list[dict[str, float]]) -> dict[str, float]:
     if "train/nll" in values:  # perplexity as val/ppl is computed: exp of the unsmoothed NLL
         values["train/ppl"] = math.exp(min(values["train/nll"], 50.0))
     steps = result.get("steps") or runlog.last_step(rows)
-    run = {"parameters": result.get("parameters"), "steps": steps, "time_s": result.get("wall_time_s")}
+    rate = result.get("tokens_per_sec") or runlog.mean_of(rows, "train/tokens_per_sec")
+    run = {"parameters": result.get("parameters"), "steps": steps, "time_s": result.get("wall_time_s"),
+           "tokens_per_sec": rate}  # fmt: skip
     for key, value in run.items():
         if value:
             values[key] = float(value)

@@ -1,6 +1,7 @@
-"""The report's PNGs: validation curves of every run overlaid (from each run's metrics.csv), and
-the quality metric against each swept value (mean with a std bar when seeds were folded). A plot
-with nothing to draw is not written; `plot_all` says which and why."""
+"""The report's PNGs: validation curves of every run overlaid (from each run's metrics.csv), the
+quality metric against each swept value (mean with a std bar when seeds were folded), the quality
+metric against total training FLOPs (compute-matched), and for Table 3 the paper's deltas against
+ours. A plot with nothing to draw is not written; `plot_all` says which and why."""
 
 from __future__ import annotations
 
@@ -42,11 +43,54 @@ def _plain_log_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+_save = save
+
+
+def _row_name(row: Row) -> str:
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in row.axes.items()) or row.label
+
+
+def quality_vs_flops_figure(rows: list[Row], metric: str):
+    """Compute-matched view: one labelled point per configuration, x = its estimated total training
+    FLOPs (log), y = the quality metric, std bars on both when seeds folded. A configuration above and
+    left of another reached more with less compute."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for row in rows:
+        if "train_flops" not in row.stats or metric not in row.stats:
+            continue
+        (x, xerr), (y, yerr) = row.stats["train_flops"], row.stats[metric]
+        ax.errorbar([x], [y], xerr=[xerr or 0.0], yerr=[yerr or 0.0], marker="o", capsize=3, linestyle="none")
+        ax.annotate(_row_name(row), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ax.set_xscale("log")
+    ax.set(xlabel="training FLOPs (est.: FLOPs / target token × target tokens)", ylabel=metric,
+           title=f"{metric} vs training compute")  # fmt: skip
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def paper_vs_ours_figure(stats: dict[str, dict], quality: str):
+    """Table 3: two panels (ppl, BLEU), the paper's delta against ours, one labelled point per row; a
+    row on the diagonal's side of both axes moved as in the paper."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
+    for ax, (name, s) in zip(axes[0], stats.items()):
+        for row, paper, ours in s["pairs"]:
+            ax.plot([paper], [ours], marker="o", linestyle="none", color="tab:blue")
+            ax.annotate(row, (paper, ours), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ours_label = "BLEU" if name == "BLEU" and quality == "bleu" else quality if name == "BLEU" else name
+        rho = s["spearman"]
+        ax.set(xlabel=f"paper Δ{name} (vs its base)", ylabel=f"our Δ{ours_label} (vs our base)",
+               title=f"Δ{name}: Spearman {'n/a' if rho is None or rho != rho else f'{rho:.2f}'}")  # fmt: skip
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def curves_figure(jobs: list[Job], keys: list[str], metrics: list[str]):
@@ -131,4 +175,12 @@ def plot_all(jobs: list[Job], keys: list[str], rows: list[Row], cols, out: Path)
                 files[name] = _save(metric_vs_axis_figure(rows, keys, axis, metric), out / f"{name}.png")
             else:
                 skipped.append(f"No {name}.png: no run has {metric}.")
+    if quality:
+        test = "test/" + quality.split("/", 1)[1]
+        metric = test if any(test in r.stats for r in rows) else quality
+        name = f"{metric.replace('/', '_')}_vs_train_flops"
+        if any("train_flops" in r.stats and metric in r.stats for r in rows):
+            files[name] = save(quality_vs_flops_figure(rows, metric), out / f"{name}.png")
+        else:
+            skipped.append(f"No {name}.png: no run has both {metric} and an estimate of its training FLOPs.")
     return files, skipped
