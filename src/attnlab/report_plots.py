@@ -27,6 +27,7 @@ SEED_MARKERS = ".ox^sv*+"
 # pattern and hollow marker, and lines are slightly transparent. Dotted stays for failed runs.
 CONFIG_STYLES = ["-", "--", "-.", (0, (6, 2, 1, 2, 1, 2))]
 CONFIG_MARKERS = "osD^vP*X"
+QUALITY = ("bleu", "chrf", "exact_match")
 
 
 class PlainLogFormatter(ticker.LogFormatter):
@@ -175,9 +176,9 @@ def plot_all(jobs: list[Job], keys: list[str], rows: list[Row], cols, out: Path)
                 files[name] = _save(metric_vs_axis_figure(rows, keys, axis, metric), out / f"{name}.png")
             else:
                 skipped.append(f"No {name}.png: no run has {metric}.")
-    if quality:
-        test = "test/" + quality.split("/", 1)[1]
-        metric = test if any(test in r.stats for r in rows) else quality
+    # the test score (the protocol's) where the runs have one, else the last validation's
+    metric = next((c for c, _ in cols if c.startswith("test/") and c.split("/")[-1] in QUALITY), quality)
+    if metric:
         name = f"{metric.replace('/', '_')}_vs_train_flops"
         if any("train_flops" in r.stats and metric in r.stats for r in rows):
             files[name] = save(quality_vs_flops_figure(rows, metric), out / f"{name}.png")
