@@ -190,4 +190,3 @@ def test_an_unknown_ref_is_refused_with_the_choices(tmp_path: Path, capsys) -> N
         main([str(tmp_path / "s"), "--ref", "7", "--no-plots", "-o", str(tmp_path / "out")])
     assert stop.value.code == 2
     assert "choose from model.n_heads=2, model.n_heads=4" in capsys.readouterr().err
-

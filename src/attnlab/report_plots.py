@@ -78,7 +78,7 @@ def quality_vs_flops_figure(rows: list[Row], metric: str):
 
 def paper_vs_ours_figure(stats: dict[str, dict], quality: str):
     """Table 3: two panels (ppl, BLEU), the paper's delta against ours, one labelled point per row; a
-    row on the diagonal's side of both axes moved as in the paper."""
+    row in the lower-left or upper-right quadrant moved the paper's way."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
     for ax, (name, s) in zip(axes[0], stats.items()):
         for row, paper, ours in s["pairs"]:
