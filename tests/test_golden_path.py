@@ -121,8 +121,10 @@ def work(tmp_path_factory) -> Path:
 
 def run(work: Path, command: str, *args: str, stdin: str | None = None, timeout: int = 300):
     """`command args...` in a fresh process, cwd=work; fails on a traceback on stderr."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "",
-           "ATTNLAB_DATA_DIR": str(work / "cache")}  # fmt: skip
+    # WANDB_SERVICE: wandb.init in this pytest process (test_dashboard) points it at this process's wandb-core;
+    # a user's shell has none, and a killed child's run id would stay "in use" in that shared service.
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "", "ATTNLAB_DATA_DIR": str(work / "cache")}  # fmt: skip
     done = subprocess.run([str(BIN / command), *args], cwd=work, env=env, input=stdin, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
