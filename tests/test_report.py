@@ -252,3 +252,14 @@ def test_a_resumed_runs_time_is_the_sum_of_its_segments(tmp_path: Path) -> None:
     assert cells[1:] == ["5", "12", "≥5"], cells  # header first
     assert "a resumed run's are the sum of its segments" in md
     assert "the time of its last segment only" in md
+
+
+def test_the_terminal_table_leaves_train_and_compute_columns_to_the_files(tmp_path: Path, capsys) -> None:
+    """The terminal shows the comparison (fits a screen); report.md / report.csv keep every column."""
+    make_run(tmp_path / "s" / "0", ["model.n_heads=2"], [2.0, 1.0], exact=0.5, test=0.5)
+    make_run(tmp_path / "s" / "1", ["model.n_heads=4"], [2.0, 1.1], exact=0.4, test=0.4)
+    files = report([str(tmp_path / "s")], tmp_path / "out", plots=False)
+    table = capsys.readouterr().out.split("report.md / report.csv: every column")[0]
+    assert "train" not in table and "FLOPs" not in table and "val loss" in table
+    assert "train loss, last epoch" in files["markdown"].read_text()
+    assert "train/loss" in _csv(files["csv"])[0]

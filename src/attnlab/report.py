@@ -36,6 +36,8 @@ COMPUTE_COLUMNS = [
     ("tokens_per_sec", "tokens/s"), ("flops_per_token", "train FLOPs / target token"),
     ("train_tokens", f"target tokens ({TOKENS_LABEL})"), ("train_flops", "train FLOPs (est.)"),
 ]
+# The terminal shows what a comparison needs at a glance and fits a screen; report.md and report.csv keep all.
+TERMINAL_LEAVES_OUT = {"train/loss", "train/ppl", *(c for c, _ in COMPUTE_COLUMNS)}
 RESUMED = "≥"  # marks a time that covers only a resumed run's last segment (see notes)
 
 
@@ -297,7 +299,9 @@ def report(paths: list[str], out: Path | None = None, plots: bool = True, by_see
     out.mkdir(parents=True, exist_ok=True)
     cols = columns(jobs)
     title = f"attnlab report: {len(jobs)} runs, " + (f"swept: {', '.join(keys)}" if keys else "no differing overrides")
-    console.print(terminal_table(keys, rows, cols, title, sig))
+    console.print(terminal_table(keys, rows, [c for c in cols if c[0] not in TERMINAL_LEAVES_OUT], title, sig))
+    console.print("report.md / report.csv: every column (train loss and ppl, compute: FLOPs, tokens).",
+                  highlight=False, markup=False)  # fmt: skip
     for note in notes(rows, cols, sig):
         console.print(note, highlight=False, markup=False)
     for error in (e for r in rows for e in r.errors):
