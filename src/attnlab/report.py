@@ -200,8 +200,9 @@ def notes(rows: list[Row], cols, sig: Significance | None = None) -> list[str]:
                    "`train FLOPs` = FLOPs / target token × target tokens.")  # fmt: skip
     if any(c.startswith(("best:", "test/")) for c in names):
         out.append("Epochs count from 1. `best val`: the best epoch of each metric on its own. `test`: the "
-                   "checkpoint named in the header (callbacks.model_checkpoint; train.py tests it), from the epoch "
-                   "in brackets; `final weights` when the run kept no best checkpoint.")
+                   "weights the run's eval_protocol names, in the header (attnlab.protocol: the best checkpoint of "
+                   "callbacks.model_checkpoint with its epoch in brackets, the last checkpoint, or an average of the "
+                   "last N); `final weights` when the run kept no best checkpoint.")
     if "time_s" in names and any(r.segments > 1 for r in rows):
         out.append("time s: wall seconds of the whole run; a resumed run's are the sum of its segments (the CSV's "
                    "`segments` counts them).")
