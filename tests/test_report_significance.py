@@ -16,7 +16,7 @@ from attnlab.paper_table3 import paper_deltas
 from attnlab.perf.flops import total_flops, train_gemms
 from attnlab.report import report
 from attnlab.report_stats import paired_bootstrap, read_lines, seed_summary, seed_test, spearman
-from test_report import make_run
+from test_report import _csv, make_run
 
 TEXT = {"seed": 0, "data": {"source": "multi30k", "vocab_size": 100}, "model": {"n_heads": 4}}
 REFS = [f"a small dog number {i} runs over the green grass" for i in range(40)]
@@ -50,11 +50,6 @@ def text_run(run_dir: Path, overrides: list[str], hyps: list[str] | None, bleu: 
             "hypotheses": "hyps/test_2016_flickr.txt", "references": "refs/test_2016_flickr.txt"}}}
     (run_dir / "result.json").write_text(json.dumps(result))
     return run_dir
-
-
-def _csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_one_seed_a_side_gets_sacrebleus_paired_bootstrap_on_the_saved_hypotheses(tmp_path: Path) -> None:
