@@ -32,7 +32,8 @@ from attnlab.checkpoint import (
     read_checkpoint,
 )
 from attnlab.data.datamodule import TranslationDataModule
-from fixtures_ckpt import DATA, trained_run  # noqa: F401
+from attnlab.lit_module import TranslationModule
+from fixtures_ckpt import DATA, EPOCHS, trained_run  # noqa: F401
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
@@ -200,6 +201,22 @@ def test_averaging_the_last_n_checkpoints_gives_the_mean_weights(trained_run, tm
         last_checkpoints(trained_run / "checkpoints", 9)
 
 
+def test_average_last_takes_the_keep_series_not_the_best_val_checkpoint_between_its_steps(trained_run, tmp_path):  # noqa: F811
+    """keep_last every 100 steps plus the best-val checkpoint at step 968 and last.ckpt (step 1200):
+    the last 5 are the evenly spaced keep files 800-1200, never the best-val file between them."""
+    template = read_checkpoint(next((trained_run / "checkpoints").glob("*.ckpt")))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    names = {f"keep-step{s:07d}.ckpt": s for s in range(700, 1300, 100)}
+    names |= {"epoch003-step968.ckpt": 968, "last.ckpt": 1200}
+    for name, step in names.items():
+        torch.save({**template, "global_step": step}, folder / name)
+    assert [p.name for p in last_checkpoints(folder, 5)] == [f"keep-step{s:07d}.ckpt" for s in range(800, 1300, 100)]
+    for path in folder.glob("keep-*.ckpt"):  # no keep series (callbacks=default): the newest steps of any file
+        path.unlink()
+    assert [p.name for p in last_checkpoints(folder, 2)] == ["epoch003-step968.ckpt", "last.ckpt"]
+
+
 def test_eval_with_average_last(ckpt, tmp_path, run_app):
     status, out, _ = run_app(evaluate, f"ckpt={ckpt.parent}", "average_last=3", "limit=32", "decode=greedy",
                              f"paths.log_dir={tmp_path}")  # fmt: skip
@@ -221,6 +238,22 @@ def test_an_average_in_the_checkpoint_folder_is_never_averaged_again(trained_run
     average_checkpoints(before, folder / "averaged.ckpt")  # sorts before keep-*.ckpt and last.ckpt
     assert [p.name for p in last_checkpoints(folder, 3)] == [p.name for p in before]
     assert "averaged.ckpt" not in {p.name for p in before}
+
+
+def test_training_counts_the_target_tokens_it_trained_on_and_checkpoints_keep_the_count(trained_run):  # noqa: F811
+    """train/target_tokens (the report's FLOP totals) = every epoch's non-pad target tokens; last.ckpt
+    carries it, so a resumed run goes on counting from there."""
+    dm = TranslationDataModule(**DATA, seed=0)
+    dm.setup()
+    pad = dm.tgt_tokenizer.pad_id
+    per_epoch = sum(int((batch["tgt_out"] != pad).sum()) for batch in dm.train_dataloader())
+    logged = json.loads((trained_run / "fit_metrics.json").read_text())
+    assert logged["train/target_tokens"] == EPOCHS * per_epoch
+    ckpt = read_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert ckpt["target_tokens"] == EPOCHS * per_epoch
+    module = TranslationModule(**ckpt["hyper_parameters"])
+    module.on_load_checkpoint(ckpt)  # what Trainer.fit(ckpt_path=...) calls on resume
+    assert module.target_tokens == EPOCHS * per_epoch
 
 
 def test_validation_bleu_is_logged_during_training(trained_run, compose_train):  # noqa: F811

@@ -30,15 +30,17 @@ def _hyps(drop_every: int) -> list[str]:
 
 
 def text_run(run_dir: Path, overrides: list[str], hyps: list[str] | None, bleu: float = 30.0,
-             tokens_per_sec: float = 1000.0, val_loss: float = 1.0) -> Path:  # fmt: skip
+             tokens_per_sec: float = 1000.0, val_loss: float = 1.0, target_tokens: float | None = None) -> Path:
     """A real-text run: val loss/ppl and test BLEU/chrF in the log, and hyps/ + refs/ + result.json's
-    protocol as attnlab.protocol leaves them (none of them when `hyps` is None: an older run)."""
+    protocol as attnlab.protocol leaves them (none of them when `hyps` is None: an older run).
+    `target_tokens`: the token counter the LightningModule logs (None: a run from before it existed)."""
     make_run(run_dir, overrides, [val_loss], exact=0.5, config=TEXT)
     with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "step", "train/loss_epoch", "val/loss", "val/ppl", "test/bleu", "test/chrf"])
-        w.writerow([0, 10, val_loss + 0.1, val_loss, 2.718281828**val_loss, "", ""])
-        w.writerow([1, 20, "", "", "", bleu, bleu + 20])
+        w.writerow(["epoch", "step", "train/loss_epoch", "val/loss", "val/ppl", "test/bleu", "test/chrf",
+                    "train/target_tokens"])
+        w.writerow([0, 10, val_loss + 0.1, val_loss, 2.718281828**val_loss, "", "", ""])
+        w.writerow([1, 20, "", "", "", bleu, bleu + 20, "" if target_tokens is None else target_tokens])
     result = json.loads((run_dir / "result.json").read_text())
     result["tokens_per_sec"] = tokens_per_sec
     if hyps is not None:
@@ -105,19 +107,21 @@ def test_seeds_a_side_get_welch_and_the_ci_is_seed_summarys(tmp_path: Path) -> N
 
 def test_flops_columns_are_the_models_count_times_the_tokens(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    text_run(sweep / "0", ["model.n_heads=8"], REFS, tokens_per_sec=1000.0)
-    text_run(sweep / "1", ["model.n_heads=1"], REFS, tokens_per_sec=500.0)
+    text_run(sweep / "0", ["model.n_heads=8"], REFS, tokens_per_sec=1000.0, target_tokens=1234.0)
+    text_run(sweep / "1", ["model.n_heads=1"], REFS, tokens_per_sec=500.0)  # an older run: no counter
     files = report([str(sweep)], tmp_path / "out")
     rows = {r["model.n_heads"]: r for r in _csv(files["csv"])}
     length = round(sum(len(r.split()) for r in REFS) / len(REFS) + 1)  # mean words of the references + EOS
     per_token = total_flops(train_gemms(TransformerConfig(**MODEL), 1, length, length)) / length
-    for heads, rate in (("8", 1000.0), ("1", 500.0)):
-        tokens = rate * 5.0 / 2  # make_run's wall time 5 s; half the counted tokens are the target's
+    # the counted tokens where the run logged them; else the rate x wall time (5 s) / 2 estimate, marked
+    for heads, rate, tokens, estimated in (("8", 1000.0, 1234.0, "0"), ("1", 500.0, 500.0 * 5.0 / 2, "1")):
         assert float(rows[heads]["flops_per_token"]) == pytest.approx(per_token)
         assert float(rows[heads]["train_tokens"]) == pytest.approx(tokens)
         assert float(rows[heads]["train_flops"]) == pytest.approx(per_token * tokens)
         assert float(rows[heads]["tokens_per_sec"]) == rate
-    assert "target tokens (est.: tokens/s × time / 2)" in files["markdown"].read_text()
+        assert rows[heads]["tokens_estimated"] == estimated
+    md = files["markdown"].read_text()
+    assert f"~{1250:.3g}" in md and f"~{1234:.3g}" not in md and f"{1234:.3g}" in md
     assert files["test_bleu_vs_train_flops"].read_bytes()[:4] == b"\x89PNG"
 
 

@@ -101,14 +101,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     )
 
 
+KEEP_PREFIX = "keep-"  # conf/callbacks/keep_last.yaml's file names
+
+
 def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
-    """The n checkpoints of a run's checkpoints/ folder with the highest training steps,
-    oldest first; `last.ckpt` and the epoch file of the same step count once."""
+    """The n checkpoints of a run's checkpoints/ folder with the highest training steps, oldest first;
+    `last.ckpt` and the epoch file of the same step count once. Where callbacks=keep_last left its
+    evenly spaced `keep-*` series, only that series: the best-val checkpoint falls between its steps
+    and would make the average's spacing (and so what it averages) depend on where validation peaked."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {directory}")
+    paths = sorted(directory.glob(f"{KEEP_PREFIX}*.ckpt")) or sorted(directory.glob("*.ckpt"))
     by_step: dict[int, Path] = {}
-    for path in sorted(directory.glob("*.ckpt")):
+    for path in paths:
         ckpt = read_checkpoint(path)
         if "averaged_from" in ckpt:  # an average carries its newest step: it would stand in for that checkpoint
             continue

@@ -42,6 +42,9 @@ class TranslationModule(L.LightningModule):
         self.optim, self.decode_cfg = dict(optim), dict(decode or {})
         self.tokenizers = {k: tokenizer_from_state(v) for k, v in (tokenizers or {}).items()}
         self._step_start = None
+        # Target tokens trained on so far (pads excluded), kept in checkpoints so a resumed run goes
+        # on counting: the report's training FLOPs are this times the model's FLOPs per token.
+        self.target_tokens = 0
         self.val_outputs: list[tuple[list[int], list[int]]] = []
         # Corpus BLEU / chrF of the decoded sentences (torchmetrics: summed over DDP processes).
         self.bleu, self.chrf = metrics.bleu(), metrics.chrf()
@@ -74,6 +77,10 @@ class TranslationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _, n = self._shared_step(batch, "train")
+        self.target_tokens += int(n.item())
+        # summed over DDP processes: each counts its own batches
+        self.log("train/target_tokens", float(self.target_tokens), on_step=True, on_epoch=False,
+                 sync_dist=True, reduce_fx="sum")
         now = time.perf_counter()
         if self._step_start is not None:
             tokens = n.item() + (batch["src"] != self.model.config.pad_id).sum().item()
@@ -154,6 +161,8 @@ class TranslationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["attnlab_format"] = CHECKPOINT_FORMAT
         checkpoint["tokenizers"] = {k: t.to_state() for k, t in self.tokenizers.items()}
+        checkpoint["target_tokens"] = self.target_tokens
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizers = {k: tokenizer_from_state(v) for k, v in checkpoint.get("tokenizers", {}).items()}
+        self.target_tokens = int(checkpoint.get("target_tokens", 0))

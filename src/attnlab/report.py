@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import explain_and_exit
-from .report_compute import TOKENS_LABEL
+from .report_compute import ESTIMATED, TOKENS_LABEL
 from .report_data import SEED, Job, Row, load, test_checkpoint
 from .report_significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, RefError, compare_all, reference_row
 
@@ -34,7 +34,7 @@ RUN_COLUMNS = [("parameters", "params"), ("steps", "steps"), ("time_s", "time s"
 # Compute per run (attnlab.report_compute): the model's own matmul count, the training rate, the tokens.
 COMPUTE_COLUMNS = [
     ("tokens_per_sec", "tokens/s"), ("flops_per_token", "train FLOPs / target token"),
-    ("train_tokens", f"target tokens ({TOKENS_LABEL})"), ("train_flops", "train FLOPs (est.)"),
+    ("train_tokens", "target tokens"), ("train_flops", "train FLOPs"),
 ]
 # The terminal shows what a comparison needs at a glance and fits a screen; report.md and report.csv keep all.
 TERMINAL_LEAVES_OUT = {"train/loss", "train/ppl", *(c for c, _ in COMPUTE_COLUMNS)}
@@ -116,6 +116,8 @@ def cell(row: Row, column: str) -> str:
         text += f" (ep {epochs})"
     if column == "time_s" and row.time_partial:
         text = RESUMED + text
+    if column in ("train_tokens", "train_flops") and any(j.values.get("tokens_estimated") for j in row.jobs):
+        text = ESTIMATED + text
     summary = row.summary(column) if is_quality(column) and column.startswith("test/") else None
     if summary is not None and summary.ci_low is not None:
         text += f" [{fmt(summary.ci_low, column)}, {fmt(summary.ci_high, column)}]"
@@ -194,10 +196,11 @@ def notes(rows: list[Row], cols, sig: Significance | None = None) -> list[str]:
                    "degrees of freedom); the CSV has `_ci_low`, `_ci_high` and `_n` for every quality column.")
     if "train_flops" in names:
         out.append("Compute: `train FLOPs / target token` is the model's forward + backward matmul count "
-                   "(attnlab.perf.flops) for a sentence pair of the data's mean length; no run logs a token "
-                   f"counter, so `target tokens` is an estimate ({TOKENS_LABEL}: the logged rate counts source "
-                   "and target tokens; wall time includes validation and test, so it errs high), and so is "
-                   "`train FLOPs` = FLOPs / target token × target tokens.")  # fmt: skip
+                   "(attnlab.perf.flops) for a sentence pair of the data's mean length; `target tokens` is the "
+                   "run's own count (train/target_tokens), and `train FLOPs` = FLOPs / target token × target "
+                   f"tokens. {ESTIMATED} marks a run that logged no counter (made before it existed): its tokens "
+                   f"are an estimate ({TOKENS_LABEL}: the logged rate counts source and target tokens; wall time "
+                   "includes validation and test, so it errs high).")  # fmt: skip
     if any(c.startswith(("best:", "test/")) for c in names):
         out.append("Epochs count from 1. `best val`: the best epoch of each metric on its own. `test`: the "
                    "weights the run's eval_protocol names, in the header (attnlab.protocol: the best checkpoint of "
@@ -279,14 +282,15 @@ def write_csv(path: Path, keys: list[str], rows: list[Row], cols, sig: Significa
         writer.writerow(["run", *axes, "seeds", "n", "status"] + [h for c in metric_cols for h in (c, f"{c}_std")]
                         + [h for c in ci_cols for h in (f"{c}_ci_low", f"{c}_ci_high", f"{c}_n")]
                         + [f"{c}_epoch" for c in epoch_cols] + (sig.csv_header() if sig else [])
-                        + ["segments", "error", "run_dirs"])  # fmt: skip
+                        + ["tokens_estimated", "segments", "error", "run_dirs"])  # fmt: skip
         for r in rows:
             stats = [v for c in metric_cols for v in r.stats.get(c, ("", ""))]
             writer.writerow([r.label, *r.axes.values(), r.seeds, len(r.jobs), r.status]
                             + ["" if v is None else v for v in stats]
                             + [v for c in ci_cols for v in _ci_cells(r, c)]
                             + [r.epochs(epoch_key(c)) for c in epoch_cols] + (sig.csv_cells(r) if sig else [])
-                            + [r.segments, "; ".join(r.errors), "; ".join(str(j.run_dir) for j in r.jobs)])
+                            + [int(any(j.values.get("tokens_estimated") for j in r.jobs)), r.segments,
+                               "; ".join(r.errors), "; ".join(str(j.run_dir) for j in r.jobs)])
 
 
 def report(paths: list[str], out: Path | None = None, plots: bool = True, by_seed: bool = True,

@@ -1,10 +1,11 @@
 """The report's compute columns: training FLOPs per target token from the model's own matmul count
 (attnlab.perf.flops), the target tokens a run trained on, and their product, the run's training FLOPs.
 
-No run logs a token counter, so the tokens are an estimate, and the report labels them so: the mean
-training rate (`train/tokens_per_sec`, which counts the source and target tokens of each step) times
-the run's wall time, halved for the target side (source and target taken as equally long). Wall time
-also covers validation and the test, so the estimate errs high.
+The tokens are the run's own count (`train/target_tokens`, logged by the LightningModule and kept in
+its checkpoints across resumes). Runs made before that counter existed get an estimate, and the report
+marks it (`ESTIMATED`): the mean training rate (`train/tokens_per_sec`, which counts the source and
+target tokens of each step) times the run's wall time, halved for the target side (source and target
+taken as equally long). Wall time also covers validation and the test, so the estimate errs high.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .model import TransformerConfig
 from .perf.flops import total_flops, train_gemms
 
 TOKENS_LABEL = "est.: tokens/s × time / 2"
+ESTIMATED = "~"  # prefixes an estimated token or FLOP total in the report
 
 
 def first_test_set(protocol: dict | None) -> tuple[str, dict] | None:
@@ -89,14 +91,18 @@ def flops_per_target_token(shape: TransformerConfig, length: float) -> float:
 
 
 def compute_values(run_dir: Path, protocol: dict | None, values: dict[str, float]) -> dict[str, float]:
-    """`flops_per_token`, `train_tokens` (estimated) and `train_flops` for one run, where they can be had."""
+    """`flops_per_token`, `train_tokens` and `train_flops` for one run, where they can be had;
+    `tokens_estimated` = 1.0 when the run logged no token counter and the tokens are estimated."""
     shape, length = model_shape(run_dir, protocol), mean_length(run_dir, protocol)
     out: dict[str, float] = {}
     if shape is not None and length is not None:
         out["flops_per_token"] = flops_per_target_token(shape, length)
     rate, seconds = values.get("tokens_per_sec"), values.get("time_s")
-    if rate and seconds:
+    if values.get("train/target_tokens"):
+        out["train_tokens"] = values["train/target_tokens"]
+    elif rate and seconds:
         out["train_tokens"] = rate * seconds / 2
+        out["tokens_estimated"] = 1.0
     if "flops_per_token" in out and "train_tokens" in out:
         out["train_flops"] = out["flops_per_token"] * out["train_tokens"]
     return out
