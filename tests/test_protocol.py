@@ -11,7 +11,10 @@ tests/test_eval_translate.py does.
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import attnlab.train
-from attnlab import evaluate, protocol, train
+from attnlab import evaluate, protocol, report, rescore, runlog, train
 from attnlab.config import ConfigError
 from test_bad_input import QUICK, in_process
 
@@ -118,7 +121,7 @@ def test_too_few_checkpoints_after_training_names_the_command_for_those_kept(run
     with pytest.raises(ConfigError) as refused:
         protocol.protocol_weights(cfg, None, None, tmp_path)
     message = str(refused.value)
-    assert "checkpoints of 3 distinct steps, fewer than the 9 to average" in message, message
+    assert "keep-*.ckpt checkpoints of 2 distinct steps, fewer than the 9 to average" in message, message
     assert f"score them with attnlab-eval ckpt={run_dir / 'checkpoints'} average_last=N" in message
 
 
@@ -196,3 +199,56 @@ def test_a_missing_test_set_file_fails_before_training(corpus, tmp_path, monkeyp
     )  # fmt: skip
     assert code == 2 and not fit, err
     assert "test_2017_flickr.de" in err, err
+
+
+def test_rescore_remakes_a_runs_test_numbers_and_keeps_the_ones_it_replaces(run_dir, tmp_path):
+    """`python -m attnlab.rescore <run>`: the run's own protocol again (here on a copy whose test numbers
+    and hypotheses were spoiled); the numbers come back, attnlab-report reads them, the old files are kept."""
+    run = shutil.copytree(run_dir, tmp_path / "sweep" / "0")
+    before = json.loads((run / "result.json").read_text())
+    first = next(iter(before["protocol"]["test_sets"]))
+    hyps = run / before["protocol"]["test_sets"][first]["hypotheses"]
+    good_hyps = hyps.read_text(encoding="utf-8")
+    spoiled = {**before, "metrics": {**before["metrics"], "final": {**before["metrics"]["final"], "test/bleu": -1.0}}}
+    (run / "result.json").write_text(json.dumps(spoiled))
+    hyps.write_text("spoiled\n" * len(good_hyps.splitlines()), encoding="utf-8")
+    log = runlog.find_metrics_csv(run)
+    columns = log.read_text().splitlines()[0].split(",")
+    with open(log, "a") as f:  # and what the log says last
+        f.write(",".join("-1" for _ in columns) + "\n")
+    done = subprocess.run([sys.executable, "-m", "attnlab.rescore", str(run)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = json.loads((run / "result.json").read_text())
+    for key, value in before["metrics"]["final"].items():
+        if key.startswith("test/"):
+            assert after["metrics"]["final"][key] == pytest.approx(value), key
+    assert hyps.read_text(encoding="utf-8") == good_hyps
+    [kept] = run.glob("rescored-*")
+    assert after["rescored"]["previous"] == kept.name
+    assert json.loads((kept / "result.json").read_text())["metrics"]["final"]["test/bleu"] == -1.0
+    assert (kept / hyps.relative_to(run)).read_text(encoding="utf-8").startswith("spoiled\n")
+    rows = _report_rows(run.parent)
+    assert float(rows[0]["test/bleu"]) == pytest.approx(before["metrics"]["final"]["test/bleu"])
+
+
+def test_rescore_refuses_what_it_cannot_remake(run_dir, tmp_path):
+    unfinished = shutil.copytree(run_dir, tmp_path / "unfinished")
+    result = json.loads((unfinished / "result.json").read_text())
+    (unfinished / "result.json").write_text(json.dumps({**result, "status": "failed"}))
+    with pytest.raises(ConfigError, match="only a finished run"):
+        rescore.rescore(unfinished)
+    best = shutil.copytree(run_dir, tmp_path / "best")
+    cfg = OmegaConf.load(best / ".hydra" / "config.yaml")
+    cfg.eval_protocol.checkpoint = "best"
+    OmegaConf.save(cfg, best / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="checkpoint=best cannot be re-made"):
+        rescore.rescore(best)
+    with pytest.raises(ConfigError, match="not an attnlab-train run directory"):
+        rescore.rescore(tmp_path)
+
+
+def _report_rows(sweep: Path) -> list[dict[str, str]]:
+    files = report.report([str(sweep)], sweep.parent / "report", plots=False)
+    with open(files["csv"], newline="") as f:
+        return list(csv.DictReader(f))

@@ -122,8 +122,9 @@ def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
         if step not in by_step or by_step[step].name == "last.ckpt":
             by_step[step] = path
     if len(by_step) < n:
+        series = f"{KEEP_PREFIX}*.ckpt " if paths and paths[0].name.startswith(KEEP_PREFIX) else ""
         raise CheckpointError(
-            f"{directory} holds checkpoints of {len(by_step)} distinct steps, fewer than the {n} to average; "
+            f"{directory} holds {series}checkpoints of {len(by_step)} distinct steps, fewer than the {n} to average; "
             "train with callbacks=keep_last (it keeps the checkpoints of the last 5 epochs), or "
             f"callbacks=keep_last callbacks.keep_last.save_top_k={n} to keep the last {n}"
         )
