@@ -16,14 +16,11 @@ from pathlib import Path
 import torch
 
 from .data.tokenizers import Tokenizer, tokenizer_from_state
+from .errors import CheckpointError
 from .model import Transformer, TransformerConfig
 
 # Bump when the checkpoint layout changes (keys, hyper-parameters, tokenizer states).
 CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
 @dataclass

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from .config import ConfigError
-from .data.text import CorpusError
-from .errors import NonFiniteLossError
+from .errors import ConfigError, CorpusError, DiskFullError, NonFiniteLossError
 
 log = logging.getLogger("attnlab")
-# A diverged run is not the user's mistake, but it too deserves one message (step, checkpoint, fix).
-USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError, NonFiniteLossError)
+# A diverged run, or a disk that filled up while training, is not the user's mistake, but it too deserves
+# one message (step, checkpoint, fix).
+USER_ERRORS = (ConfigError, CorpusError, DiskFullError, FileNotFoundError, NonFiniteLossError)
 
 
 def explain_and_exit(err: Exception, what: str = "attnlab") -> None:

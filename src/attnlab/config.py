@@ -14,7 +14,9 @@ from typing import Any, Literal
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .data.multi30k import check_selection
 from .data.synthetic import TASKS
+from .errors import ConfigError
 from .model import TransformerConfig
 from .schedule import SCHEDULES
 from .suggest import ALIASES, did_you_mean
@@ -23,10 +25,6 @@ from .suggest import ALIASES, did_you_mean
 MAX_SEED = 2**32 - 1
 # Lightning's accelerator names; "gpu" picks CUDA or Apple's MPS.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-
-
-class ConfigError(ValueError):
-    """A configuration a user wrote that cannot work; the message names the key."""
 
 
 def _schema_from(cls, exclude: set[str]):
@@ -290,8 +288,6 @@ def check_eval_protocol(cfg: DictConfig) -> None:
     if cfg.data.source == "synthetic" and not set(names) <= {"train", "val", "test"}:
         raise ConfigError(f"eval_protocol.test_sets={names!r}: synthetic data has the splits train, val and test only")
     if cfg.data.source == "multi30k":
-        from .data.multi30k import check_selection  # it imports ConfigError from here
-
         for name in names:
             try:
                 check_selection({"test": name} if name != "test" else {}, cfg.data.src_lang, cfg.data.tgt_lang)

@@ -20,10 +20,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .checkpoint import TrainedModel, load_for_inference
 from .cli import explain_and_exit
-from .config import ConfigError
 from .data.datamodule import SPLITS, TranslationDataModule
-from .data.text import CorpusError, read_lines
+from .data.text import read_lines
 from .decoding.batch import fit_sources, translate_ids
+from .errors import ConfigError, CorpusError
 from .metrics import corpus_scores, exact_match, signatures
 from .runtime import keep_freed_memory
 from .translate import (

@@ -32,8 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import ConfigError
-from .errors import NonFiniteLossError
+from .errors import ConfigError, DiskFullError, Interrupted, NonFiniteLossError
 
 log = logging.getLogger("attnlab")
 
@@ -138,15 +137,6 @@ class CheckpointOnSignal(Checkpoint):
         log.warning("%s at step %d: saved %s", signal, trainer.global_step, path)
 
 
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM ended `fit`. A BaseException (like KeyboardInterrupt), not a SystemExit:
-    code that records a failed sweep job and goes on to the next must let this one through."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
 def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
     """`trainer.fit`, with Lightning's two ways out of an interrupted fit turned into `Interrupted`:
     SIGTERMException after SIGTERM, and `sys.exit(1)` raised while handling a KeyboardInterrupt.
@@ -175,10 +165,6 @@ def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
             f"checkpoints are written atomically, so {kept}: free some space, then run the same command "
             "with resume=true"
         ) from None
-
-
-class DiskFullError(ConfigError):
-    """No space left while training; the message names the step and the checkpoint kept."""
 
 
 class InjectNonFinite(Callback):

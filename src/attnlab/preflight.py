@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import ConfigError
+from .errors import PreflightError
 from .suggest import did_you_mean
 
 # Weights plus Adam's two moments, and the files alive at once: best, last, and a temporary copy
@@ -31,10 +31,6 @@ COPIES_PER_CHECKPOINT = 3
 CHECKPOINT_FILES = 3
 # Training holds each parameter four times: the weight, its gradient and Adam's two moments.
 TRAINING_COPIES = 4
-
-
-class PreflightError(ConfigError):
-    """The environment cannot hold the run (output folder, disk space) or the data cannot fit."""
 
 
 def existing_ancestor(path: Path) -> Path:

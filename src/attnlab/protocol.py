@@ -22,9 +22,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, TrainedModel, load_for_inference
-from .config import ConfigError
-from .data.text import CorpusError
+from .checkpoint import TrainedModel, load_for_inference
+from .errors import CheckpointError, ConfigError, CorpusError
 from .evaluate import read_split, score, write_hypotheses
 from .jobs import PROTOCOL_FILE, last_checkpoint
 from .metrics import signatures

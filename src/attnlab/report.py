@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import explain_and_exit
+from .errors import RefError
 from .report_compute import ESTIMATED, TOKENS_LABEL
 from .report_data import SEED, Job, Row, load, test_checkpoint
-from .report_significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, RefError, compare_all, reference_row
+from .report_significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, compare_all, reference_row
 
 console = Console(width=200)
 # (column, header). Headers say where a number comes from: train and val columns are the last

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import RefError
 from .report_compute import first_test_set
 from .report_data import SEED, Job, Row
 from .report_stats import ALPHA, paired_bootstrap, read_lines, seed_test
@@ -20,10 +21,6 @@ from .report_stats import ALPHA, paired_bootstrap, read_lines, seed_test
 BOOTSTRAP = "paired bootstrap"
 WELCH = "Welch t over seeds"
 RESAMPLES = 1000
-
-
-class RefError(ValueError):
-    """`--ref` names no row."""
 
 
 @dataclass

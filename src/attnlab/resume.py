@@ -28,8 +28,8 @@ from hydra.utils import to_absolute_path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoint import CheckpointError, read_checkpoint
-from .config import ConfigError
+from .checkpoint import read_checkpoint
+from .errors import CheckpointError, ConfigError
 from .jobs import RESUMED_INTO
 
 log = logging.getLogger("attnlab")

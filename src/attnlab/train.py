@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import faults, metadata, preflight, protocol
 from .cli import USER_ERRORS, explain_and_exit
-from .config import ConfigError, model_config, validate
+from .config import model_config, validate
 from .data.datamodule import TranslationDataModule
+from .errors import ConfigError, Interrupted, PreflightError
 from .jobs import in_multirun, run_job
 from .lit_module import TranslationModule
 from .loggers import configure_loggers, finish_wandb, log_final, log_run_config
@@ -60,7 +61,7 @@ def build_module(cfg: DictConfig, dm: TranslationDataModule) -> TranslationModul
         if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
             raise
         # preflight.check_model_memory counts the whole machine; other processes may hold part of it.
-        raise preflight.PreflightError(
+        raise PreflightError(
             f"out of memory while building the model (model.d_model={cfg.model.d_model}, "
             f"model.d_ff={cfg.model.d_ff}): {str(err).splitlines()[0]}; make the model smaller or free memory"
         ) from None
@@ -159,7 +160,7 @@ def main(cfg: DictConfig) -> float | None:
         return run_job(cfg, train)
     except USER_ERRORS as err:
         explain_and_exit(err, "attnlab-train")
-    except faults.Interrupted as stop:
+    except Interrupted as stop:
         print(f"attnlab-train: {stop}", file=sys.stderr)
         sys.exit(stop.code)
 

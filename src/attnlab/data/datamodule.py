@@ -8,12 +8,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..errors import CorpusError
 from . import multi30k, synthetic
 from .batching import TokenBucketSampler, collate, make_examples
 from .cleaning import clean_lines
 from .resumable import ResumableDataLoader
 from .subword import cached_sentencepiece
-from .text import CorpusError, read_parallel
+from .text import read_parallel
 from .tokenizers import Tokenizer, WordTokenizer
 
 log = logging.getLogger("attnlab")

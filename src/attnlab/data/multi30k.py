@@ -13,9 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError, CorpusError
 from .atomic import atomic_write
-from .text import CorpusError
 
 log = logging.getLogger("attnlab")
 

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ..config import ConfigError
+from ..errors import ConfigError, CorpusError
 from .atomic import atomic_write
-from .text import CorpusError
 from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer
 
 log = logging.getLogger("attnlab")

@@ -9,6 +9,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import CorpusError
+
 BOM = b"\xef\xbb\xbf"
 _KINDS = (
     (stat.S_ISDIR, "is a directory"),
@@ -17,10 +19,6 @@ _KINDS = (
     (stat.S_ISBLK, "is not a regular file (a block device)"),
     (stat.S_ISSOCK, "is not a regular file (a socket)"),
 )
-
-
-class CorpusError(ValueError):
-    """A problem with the user's corpus files; the message names the file (and line)."""
 
 
 def check_corpus_file(path: Path) -> None:

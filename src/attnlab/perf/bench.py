@@ -20,7 +20,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from ..cli import USER_ERRORS, explain_and_exit
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..metadata import cpu_model
 from ..model import TransformerConfig
 from ..runtime import keep_freed_memory

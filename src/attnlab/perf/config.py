@@ -9,7 +9,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ..config import ConfigError, ModelSchema, OptimSchema
+from ..config import ModelSchema, OptimSchema
+from ..errors import ConfigError
 
 SYSTEM_NAMES = ("attnlab", "torch", "marian")
 

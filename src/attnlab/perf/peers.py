@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError
 from ..decoding import beam_search, greedy_search
+from ..errors import ConfigError
 from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
 from ..model.transformer import Embeddings, _token_embedding
