@@ -503,3 +503,24 @@ def test_only_temporary_checkpoints_of_dead_writers_count_as_stale(tmp_path):
         assert not _writer_alive(tmp_path / ".last.ckpt.tmp")
     finally:
         alive.kill()
+
+
+def test_an_atomic_write_replaces_the_whole_file_or_nothing(tmp_path):
+    """The one write-then-rename of attnlab (result.json, metadata.json, checkpoints, caches, the sweep's
+    `latest` link): a write that fails half way leaves the old file and no temporary one; a new file
+    gets the permissions of any other (the umask's); a temporary name says whose it is."""
+    from attnlab.atomic import atomic_open, atomic_symlink, atomic_write, temporary_name, writer_pid
+
+    target = tmp_path / "result.json"
+    atomic_write(target, "old")
+    with pytest.raises(OSError, match="No space"), atomic_open(target) as f:
+        f.write(b"half of the new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    (tmp_path / "plain").write_text("")
+    assert target.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert writer_pid(temporary_name(target)) == os.getpid()
+    atomic_symlink(tmp_path / "latest", "result.json")
+    atomic_symlink(tmp_path / "latest", "plain")  # replaced in one rename, never missing
+    assert os.readlink(tmp_path / "latest") == "plain"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "plain", "result.json"]

@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import runlog, segments
+from .atomic import atomic_symlink, atomic_write
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
@@ -52,10 +53,8 @@ def read_result(job_dir: Path) -> dict | None:
 
 
 def _write_result(job_dir: Path, result: dict) -> None:
-    # Write-then-rename: a job killed mid-write never leaves a half-written result behind.
-    tmp = Path(job_dir) / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, Path(job_dir) / RESULT_FILE)
+    # Atomic: a job killed mid-write never leaves a half-written result behind.
+    atomic_write(Path(job_dir) / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
 def last_checkpoint(cfg: DictConfig) -> Path:
@@ -266,10 +265,7 @@ class SweepSummary(Callback):
         if sweep_dir.parent.name != "multiruns":  # only in the default layout, never beside a user's own dir
             return
         latest = sweep_dir.parent / "latest"
-        tmp = sweep_dir.parent / f".latest.{os.getpid()}"
         try:
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(sweep_dir.name)
-            os.replace(tmp, latest)  # atomic: two sweeps ending together leave one valid link
+            atomic_symlink(latest, sweep_dir.name)  # two sweeps ending together leave one valid link
         except OSError as err:  # a file system without symlinks only loses the shortcut
             log.warning("could not link %s: %s", latest, err)

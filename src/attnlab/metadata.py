@@ -25,6 +25,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import atomic_write
+
 log = logging.getLogger("attnlab")
 FILE = "metadata.json"
 DIFF_FILE = "git.diff"
@@ -121,9 +123,7 @@ def read(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _write(run_dir: Path, record: dict[str, Any]) -> None:
-    tmp = run_dir / f".{FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, run_dir / FILE)  # a kill mid-write never leaves half a record
+    atomic_write(run_dir / FILE, json.dumps(record, indent=2, default=str))  # a kill never leaves half a record
 
 
 def write_start(run_dir: str | Path, cfg: DictConfig, resumed_from: str | None = None) -> dict[str, Any]:
@@ -179,7 +179,6 @@ def write_end(run_dir: str | Path, status: str, metrics: dict[str, float] | None
     try:
         _write(run_dir, record)
     except OSError as err:  # e.g. the full disk that ended the run: report that, not this
-        (run_dir / f".{FILE}.tmp").unlink(missing_ok=True)
         log.warning("could not record the end of the run in %s: %s", run_dir / FILE, err)
 
 

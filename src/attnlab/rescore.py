@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from . import config as _registers_resolvers  # noqa: F401  (${attnlab.scaled:...} in table3 configs)
 from . import protocol, runlog
-from .data.atomic import atomic_write
+from .atomic import atomic_write
 from .errors import ConfigError
 from .jobs import PROTOCOL_FILE, RESULT_FILE, read_result
 

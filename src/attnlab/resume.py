@@ -28,6 +28,7 @@ from hydra.utils import to_absolute_path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .atomic import atomic_open, writer_pid
 from .checkpoint import read_checkpoint
 from .errors import CheckpointError, ConfigError
 from .jobs import RESUMED_INTO
@@ -42,23 +43,16 @@ _checked: set[tuple[str, int]] = set()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temporary file in the same directory, fsync, then os.replace: readers (and a
-    resumed run) only ever see a complete checkpoint, the old one or the new one."""
+    """torch.save through `atomic_open` (a temporary file beside it, fsync, then a rename): readers (and
+    a resumed run) only ever see a complete checkpoint, the old one or the new one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, fsync=True) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
         # Tensors and plain containers only, whatever the caller asks: resuming never runs code from a file.
@@ -140,12 +134,12 @@ class LoaderStateCheckpoint(L.Callback):
 
 
 def _writer_alive(tmp: Path) -> bool:
-    """Whether the process named in a `.{name}.{pid}.tmp` file (AtomicCheckpointIO) still runs here."""
-    pid = tmp.name.rsplit(".", 2)[-2]
-    if not pid.isdigit() or int(pid) == os.getpid():
+    """Whether the process that named a temporary file (AtomicCheckpointIO: atomic.writer_pid) still runs here."""
+    pid = writer_pid(tmp)
+    if pid is None or pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's

@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import ConfigError, CorpusError
-from .atomic import atomic_write
 
 log = logging.getLogger("attnlab")
 
@@ -104,6 +104,7 @@ def fetch(name: str, cache_dir: Path, base_url: str = BASE_URL) -> Path:
             f"{name}: checksum mismatch for {url} (sha256 {actual}, expected {expected}); "
             "the download is corrupt or the upstream file changed. Nothing was saved."
         )
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data)
     return path
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from ..atomic import atomic_write
 from ..errors import ConfigError, CorpusError
-from .atomic import atomic_write
 from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer
 
 log = logging.getLogger("attnlab")
@@ -126,6 +126,7 @@ def cached_sentencepiece(
         log.info("reusing tokenizer %s", model_path)
         return tokenizer
     tokenizer = train_sentencepiece(sentences, vocab_size, model_type)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write(meta_path, json.dumps({"settings": settings, "sentences": len(sentences)}).encode())
     atomic_write(model_path, tokenizer.model_proto)  # last: a model file means a complete entry
     log.info("trained tokenizer %s (%d pieces)", model_path, tokenizer.vocab_size)
