@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import attnlab.loss as loss_module
-from attnlab.loss import generator_loss, label_smoothed_nll
+import attnlab.model.loss as loss_module
 from attnlab.model import Transformer, TransformerConfig
 from attnlab.model.dropout import Dropout, keep_mask
+from attnlab.model.loss import generator_loss, label_smoothed_nll
 
 PAD = 0
 

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..loss import generator_loss
 from .attention import MultiHeadAttention
 from .cache import DecoderCache
 from .config import TransformerConfig
 from .dropout import Dropout
 from .layers import Decoder, Encoder
+from .loss import generator_loss
 from .positional import EMBEDDING_POSITIONS
 
 
@@ -92,7 +92,7 @@ class Transformer(nn.Module):
     def loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float):
         """Teacher-forced label-smoothed loss -> (loss, nll, correct, n_tokens), sums over the
         real target tokens: `label_smoothed_nll(self(src, tgt_in), ...)` without the logits
-        tensor (the Linear layer and the loss are fused, see attnlab/loss.py)."""
+        tensor (the Linear layer and the loss are fused, see loss.py)."""
         memory, src_mask = self.encode(src)
         states = self.decode_states(tgt_in, memory, src_mask)
         return generator_loss(states, self.generator.weight, tgt_out, label_smoothing, self.config.pad_id)

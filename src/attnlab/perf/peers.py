@@ -19,8 +19,8 @@ from torch import nn
 
 from ..decoding import beam_search, greedy_search
 from ..errors import ConfigError
-from ..loss import label_smoothed_nll
 from ..model import Transformer, TransformerConfig
+from ..model.loss import label_smoothed_nll
 from ..model.transformer import Embeddings, _token_embedding
 from .results import COMPILED
 
