@@ -17,12 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
 import attnlab.train
-from attnlab import preflight
 from attnlab.config import model_config
 from attnlab.data.datamodule import TranslationDataModule
 from attnlab.lit_module import TranslationModule
 from attnlab.model import Transformer
-from attnlab.schedule import learning_rate
+from attnlab.training import preflight
+from attnlab.training.schedule import learning_rate
 from test_bad_input import QUICK, in_process, parallel, run_command, write_corpus
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from attnlab import runlog
-from attnlab.loggers import configure_loggers, has_wandb_credentials
 from attnlab.train import main
+from attnlab.training import runlog
+from attnlab.training.loggers import configure_loggers, has_wandb_credentials
 
 FAKE_KEY = "fake0wandb0key0" + "5f3a9c" * 6
 FAKE_SECRET = "fake-aws-secret-" + "Zq81" * 5
@@ -244,7 +244,7 @@ def test_csv_logger_keeps_columns_another_process_wrote(tmp_path):
     spawn: the test worker's writer must keep the fit worker's columns and rows, not rewrite them away."""
     import copy
 
-    from attnlab.loggers import ResumableCSVLogger
+    from attnlab.training.loggers import ResumableCSVLogger
 
     fit = ResumableCSVLogger(save_dir=str(tmp_path), name="csv", version="")
     assert fit.experiment is not None  # created in the parent, before the workers
@@ -263,7 +263,7 @@ def test_a_resume_from_other_code_keeps_the_starts_diff(tmp_path, monkeypatch):
     """Started with local edits A, resumed after edits B: git.diff stays A, the resume's diff is B."""
     from omegaconf import OmegaConf
 
-    from attnlab import metadata
+    from attnlab.training import metadata
 
     diff = {"text": "edit A\n"}
 

@@ -3,7 +3,7 @@ or malicious checkpoints, a corrupt tokenizer cache, an unwritable or full disk.
 
 Runs are tiny (a 2-layer d_model=64 model, ~12 steps an epoch, a few seconds each). A run that must
 really die (SIGKILL, SIGTERM, Ctrl-C) is the installed `attnlab-train` in a subprocess, the signal
-sent by `attnlab.faults.InjectSignal` at an exact step (the same kill(2) a shell's `kill` makes);
+sent by `attnlab.training.faults.InjectSignal` at an exact step (the same kill(2) a shell's `kill` makes);
 everything else runs in this process through the console script's function. All runs use one
 thread and a fixed seed, so an interrupted-and-resumed run can be compared exactly with an
 uninterrupted one.
@@ -25,10 +25,10 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from attnlab import runlog
 from attnlab.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from attnlab.report_data import find_run_dirs
 from attnlab.train import main
+from attnlab.training import runlog
 
 pytestmark = pytest.mark.faults
 
@@ -44,7 +44,7 @@ STEPS_PER_EPOCH = 12
 
 
 def kill_at(step: int, name: str = "KILL") -> list[str]:
-    return ["+callbacks.fault._target_=attnlab.faults.InjectSignal", f"+callbacks.fault.step={step}",
+    return ["+callbacks.fault._target_=attnlab.training.faults.InjectSignal", f"+callbacks.fault.step={step}",
             f"+callbacks.fault.name={name}"]  # fmt: skip
 
 
@@ -249,7 +249,7 @@ def test_real_command_sigterm_exits_143_without_a_traceback(tmp_path, reference,
 
 
 def nan_at(step: int) -> list[str]:
-    return ["+callbacks.nan._target_=attnlab.faults.InjectNonFinite", f"+callbacks.nan.step={step}"]
+    return ["+callbacks.nan._target_=attnlab.training.faults.InjectNonFinite", f"+callbacks.nan.step={step}"]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -275,7 +275,7 @@ def test_failing_jobs_do_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
     failed, job 1 skips the bad step and finishes; the sweep then exits 1 naming the failed job."""
     code, err = train(
         tmp_path / "out", "-m", *TINY, "trainer.max_epochs=1", "callbacks.nonfinite_loss.action=skip",
-        "+callbacks.fault._target_=attnlab.faults.InjectError,attnlab.faults.InjectNonFinite",
+        "+callbacks.fault._target_=attnlab.training.faults.InjectError,attnlab.training.faults.InjectNonFinite",
         "+callbacks.fault.step=3", monkeypatch=monkeypatch, capsys=capsys,
     )  # fmt: skip
     assert code == 1
@@ -384,7 +384,7 @@ class WritesAFile:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, reference, monkeypatch, capsys):
-    from attnlab.resume import AtomicCheckpointIO
+    from attnlab.training.resume import AtomicCheckpointIO
 
     control_target, target = tmp_path / "control-pwned", tmp_path / "pwned"
     ckpt = load(reference / "checkpoints" / "last.ckpt")
@@ -439,12 +439,12 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
     locked.mkdir()
     locked.chmod(0o555)
     if os.geteuid() == 0:
-        import attnlab.preflight
+        import attnlab.training.preflight
 
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(attnlab.preflight.tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(attnlab.training.preflight.tempfile, "TemporaryFile", refuse)
     code, err = train(locked / "out", *TINY, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2
     assert err.strip() == (f"attnlab: error: cannot write to {locked} (for the output directory {locked}/out/train/"
@@ -478,10 +478,10 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint_and_says_so(tmp_path, 
 
 
 def test_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
-    import attnlab.preflight
+    import attnlab.training.preflight
 
-    real = attnlab.preflight.shutil.disk_usage
-    monkeypatch.setattr(attnlab.preflight.shutil, "disk_usage", lambda p: real(p)._replace(free=20 * 2**20))
+    real = attnlab.training.preflight.shutil.disk_usage
+    monkeypatch.setattr(attnlab.training.preflight.shutil, "disk_usage", lambda p: real(p)._replace(free=20 * 2**20))
     code, err = train(tmp_path / "out", *TINY, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2
     assert "not enough free disk space" in err and "20 MiB free" in err and "need at least 100 MiB" in err
@@ -491,7 +491,7 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
 def test_only_temporary_checkpoints_of_dead_writers_count_as_stale(tmp_path):
     """Resuming clears the `.last.ckpt.<pid>.tmp` a kill left behind, never the save in progress of
     a run still training into the same folder."""
-    from attnlab.resume import _writer_alive
+    from attnlab.training.resume import _writer_alive
 
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     finished = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -240,11 +240,11 @@ def test_parallel_sentencepiece_fr_en(work):
 
 
 def test_killed_run_resumes_with_all_loggers(work):
-    """logger=many, SIGKILL at step 7 (attnlab.faults.InjectSignal), then the same command with resume=true."""
+    """logger=many, SIGKILL at step 7 (attnlab.training.faults.InjectSignal), then the same command with resume=true."""
     args = ["data=parallel", "data.root=small", "data.src_lang=de", "data.tgt_lang=en", "logger=many",
             "trainer.max_epochs=6", "callbacks.last_checkpoint.every_n_train_steps=4", "test=false",
             "paths.log_dir=killed", *SIZE]  # fmt: skip
-    kill = ["+callbacks.kill._target_=attnlab.faults.InjectSignal", "+callbacks.kill.step=7",
+    kill = ["+callbacks.kill._target_=attnlab.training.faults.InjectSignal", "+callbacks.kill.step=7",
             "+callbacks.kill.name=KILL"]  # fmt: skip
     done = run(work, "attnlab-train", *args, *kill)
     assert done.returncode == -9, done.stderr[-3000:]

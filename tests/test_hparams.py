@@ -1,4 +1,4 @@
-"""TensorBoard's HParams view (attnlab.loggers.write_hparams): what a person comparing the runs of a
+"""TensorBoard's HParams view (attnlab.training.loggers.write_hparams): what a person comparing the runs of a
 sweep needs, readable without scrolling. TensorBoard shows the first 5 hyper-parameters (those marked
 `differs` first, then by name) and the first 5 metrics at first, about 160 px each: one swept key and
 five metrics fill a 1600 px window, so the settings that define a run go beside it as a text table.
@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import open_dict
 
 import attnlab.config  # noqa: F401 - registers the schema that compose() needs
-from attnlab import loggers
+from attnlab.training import loggers
 
 METRICS = {
     "test/exact_match": 0.91, "test/ppl": 1.1, "test/bleu": 97.0, "test/chrf": 98.0, "test/loss": 0.7,

@@ -6,6 +6,7 @@ what its imports pulled in."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,41 @@ def test_the_model_package_imports_no_lightning_or_hydra():
     loaded = imported_by(modules)
     assert "torch" in loaded  # the check itself works: the model did load
     assert under(loaded, "lightning", "pytorch_lightning", "lightning_fabric", "hydra", "omegaconf") == []
+
+
+def test_every_class_a_config_file_names_exists():
+    """`_target_: attnlab...` in conf/ (callbacks, loggers, Hydra callbacks) names a class that imports."""
+    from hydra.utils import get_class
+
+    targets = set()
+    for path in (PACKAGE / "conf").rglob("*.yaml"):
+        targets |= set(re.findall(r"_target_:\s*(attnlab\.[\w.]+)", path.read_text()))
+    assert {"attnlab.training.resume.RandomStateCheckpoint", "attnlab.training.jobs.SweepSummary"} <= targets
+    for target in sorted(targets):
+        assert isinstance(get_class(target), type), target
+
+
+def test_a_run_recorded_before_the_training_package_still_reproduces(tmp_path):
+    """A run recorded when training's modules stood at the top names its callbacks and loggers by those
+    paths (in .hydra/config.yaml and in its overrides): attnlab-reproduce reads them as today's."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from attnlab.reproduce import command_line
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"task_name": "train", "paths": {"log_dir": str(tmp_path / "out")},
+                    "callbacks": {"nonfinite_loss": {"_target_": "attnlab.faults.NonFiniteLossGuard"}},
+                    "logger": {"csv": {"_target_": "attnlab.loggers.ResumableCSVLogger", "name": "csv"}}},
+                   run / ".hydra" / "config.yaml")  # fmt: skip
+    OmegaConf.save({"hydra": {"runtime": {"choices": {}}}}, run / ".hydra" / "hydra.yaml")
+    overrides = ["+callbacks.kill._target_=attnlab.faults.InjectSignal", "seed=3"]
+    OmegaConf.save(overrides, run / ".hydra" / "overrides.yaml")
+    argv, _ = command_line(run, tmp_path, [])
+    config = OmegaConf.load(tmp_path / "reproduce.yaml")
+    assert config.callbacks.nonfinite_loss._target_ == "attnlab.training.faults.NonFiniteLossGuard"
+    assert config.logger.csv == {"_target_": "attnlab.training.loggers.ResumableCSVLogger", "name": "csv"}
+    assert "++callbacks.kill._target_=attnlab.training.faults.InjectSignal" in argv and "seed=3" in argv
+    for target in (config.callbacks.nonfinite_loss._target_, config.logger.csv._target_):
+        assert isinstance(get_class(target), type)

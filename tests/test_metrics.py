@@ -1,4 +1,4 @@
-"""BLEU and chrF (attnlab.metrics) are the sacreBLEU package's numbers, batch by batch."""
+"""BLEU and chrF (attnlab.training.metrics) are the sacreBLEU package's numbers, batch by batch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 import torch
 
-from attnlab import metrics
+from attnlab.training import metrics
 
 HYPS = [
     "The cat sat on the mat.",

@@ -231,7 +231,7 @@ def test_identical_curves_do_not_hide_each_other(tmp_path: Path) -> None:
 
 
 def test_a_resumed_runs_time_is_the_sum_of_its_segments(tmp_path: Path) -> None:
-    """result.json lists the segments and sums them (attnlab.segments): the total, no marker. An
+    """result.json lists the segments and sums them (attnlab.training.segments): the total, no marker. An
     older result.json timed its last segment only: marked, with metadata.json's count of resumes."""
     sweep = tmp_path / "sweep"
     make_run(sweep / "0", ["model.n_heads=2"], [1.0], exact=0.5)

@@ -135,7 +135,7 @@ def test_paired_bootstrap_seed_changes_the_draw_and_leaves_the_environment_alone
 
 
 def test_paired_bootstrap_scores_are_the_projects_test_metrics():
-    from attnlab.metrics import corpus_scores, signatures
+    from attnlab.training.metrics import corpus_scores, signatures
 
     ours = paired_bootstrap(BASE, {"better": BETTER}, REFS, n_samples=10)
     for name, hyps in (("reference", BASE), ("better", BETTER)):

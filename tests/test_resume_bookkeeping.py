@@ -5,7 +5,7 @@ that continues an earlier run leaves no second run directory behind.
 The end-to-end test (slow) runs the installed `attnlab-train` in fresh processes, killed with SIGKILL
 and then resumed; in the default run, tests/test_faults.py checks the same after a SIGKILL'ed command
 resumed in-process and after SIGTERM / Ctrl-C, and the tests here call the pieces directly
-(attnlab.jobs.run_job, attnlab.resume).
+(attnlab.training.jobs.run_job, attnlab.training.resume).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from attnlab import jobs, segments
-from attnlab.faults import Interrupted
+from attnlab.errors import Interrupted
 from attnlab.report_data import find_run_dirs, load_job
-from attnlab.resume import move_log_files, remove_hydra_dir
+from attnlab.training import jobs, segments
+from attnlab.training.resume import move_log_files, remove_hydra_dir
 from test_faults import TINY, kill_at, the_run, train_command
 
 pytestmark = pytest.mark.faults

@@ -18,8 +18,8 @@ from .data.multi30k import check_selection
 from .data.synthetic import TASKS
 from .errors import ConfigError
 from .model import TransformerConfig
-from .schedule import SCHEDULES
 from .suggest import ALIASES, did_you_mean
+from .training.schedule import SCHEDULES
 
 # numpy's legacy seeding (which Lightning's seed_everything drives) accepts 0 .. 2**32-1.
 MAX_SEED = 2**32 - 1
@@ -139,7 +139,7 @@ class TrainSchema:
     val_decode_every: int = 1
     test: bool = True
     ckpt_path: str | None = None
-    # Continue the newest run with the same overrides from its checkpoints/last.ckpt (attnlab.resume).
+    # Continue the newest run with the same overrides from its checkpoints/last.ckpt (attnlab.training.resume).
     resume: bool = False
     show_examples: int = 5
     optimized_metric: str = "val/loss"

@@ -24,8 +24,8 @@ from .data.datamodule import SPLITS, TranslationDataModule
 from .data.text import read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .errors import ConfigError, CorpusError
-from .metrics import corpus_scores, exact_match, signatures
 from .runtime import keep_freed_memory
+from .training.metrics import corpus_scores, exact_match, signatures
 from .translate import (
     ERRORS,
     check_batch_options,

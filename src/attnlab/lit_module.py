@@ -15,13 +15,13 @@ import time
 import lightning as L
 import torch
 
-from . import metrics
 from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, tokenizer_from_state
 from .decoding import decode
 from .decoding.batch import content
 from .model import Transformer, TransformerConfig
-from .schedule import learning_rate
+from .training import metrics
+from .training.schedule import learning_rate
 
 
 class TranslationModule(L.LightningModule):
@@ -67,7 +67,7 @@ class TranslationModule(L.LightningModule):
         )
         n_f = n.float()
         if stage == "train" and not torch.isfinite(loss):
-            return loss / n_f, nll, n  # not logged: NonFiniteLossGuard stops or skips this step (faults.py)
+            return loss / n_f, nll, n  # not logged: NonFiniteLossGuard stops or skips this step (training/faults.py)
         bs = batch["src"].size(0)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss / n_f, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs)

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import TrainedModel, load_for_inference
 from .errors import CheckpointError, ConfigError, CorpusError
 from .evaluate import read_split, score, write_hypotheses
-from .jobs import PROTOCOL_FILE, last_checkpoint
-from .metrics import signatures
+from .training.jobs import PROTOCOL_FILE, last_checkpoint
+from .training.metrics import signatures
 from .translate import run_decode_settings
 
 log = logging.getLogger("attnlab")

@@ -1,7 +1,7 @@
 """What `attnlab-report` reads: the jobs under sweep or run directories, their overrides, status
 and numbers, folded into one row per configuration (seed replicates become mean and std).
 
-Numbers come from each run's own CSV log (attnlab.runlog), with the job's `result.json` only for
+Numbers come from each run's own CSV log (attnlab.training.runlog), with the job's `result.json` only for
 what the log does not hold (parameters, steps, wall time) or for a run whose log is gone, so the
 report always equals the logs it was made from.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import metadata, runlog
-from .jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_result
 from .report_compute import compute_values
 from .report_stats import SeedSummary, seed_summary
+from .training import metadata, runlog
+from .training.jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_result
 
 # Keys that say where a run went, not what it was; never an ablation axis.
 NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")
@@ -179,7 +179,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _segments(result: dict, record: dict) -> tuple[int, bool]:
     """(segments, whether `wall_time_s` covers only the last). result.json lists every segment and
-    sums their times (attnlab.segments); one written before it did timed only its own process, and
+    sums their times (attnlab.training.segments); one written before it did timed only its own process, and
     then metadata.json's `resumes` still counts the segments."""
     if result.get("segments"):
         return len(result["segments"]), False

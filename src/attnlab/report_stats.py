@@ -24,7 +24,7 @@ from scipy import stats
 
 ALPHA = 0.05
 
-# The same metric objects as `attnlab.metrics` (test BLEU is sacreBLEU's default, 13a
+# The same metric objects as `attnlab.training.metrics` (test BLEU is sacreBLEU's default, 13a
 # tokenisation; chrF is sacreBLEU's default) and as the CLI builds with no metric options.
 _METRICS = {
     "bleu": lambda refs: BLEU(tokenize="13a", references=refs),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from datetime import datetime
@@ -22,13 +23,18 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from . import metadata
+from .training import metadata
 
 # Groups whose content is already in the recorded values: choosing them again would only re-apply
 # (experiment) or re-launch (sweep: a sweep file turns a single run into a multirun) what they set.
 _SKIP_GROUPS = ("experiment", "sweep")
 # Keys about where a run starts or writes, not what it trains.
 _START_KEYS = ("paths", "resume", "ckpt_path")
+# Modules that moved into training/ (they stood at the top of the package before): a run recorded
+# earlier names its callbacks and loggers (`_target_`) by the old path, which is read as today's.
+_MOVED = re.compile(
+    r"\battnlab\.(callbacks|faults|jobs|loggers|metadata|metrics|preflight|resume|runlog|schedule|segments|summary)\."
+)
 
 
 def usage_error(message: str) -> None:
@@ -55,6 +61,17 @@ def _default_choices() -> dict[str, str]:
     return {k: v for entry in defaults if isinstance(entry, dict) for k, v in entry.items()}
 
 
+def current_targets(value):
+    """A recorded config value (or override) with the module paths of moved classes made today's."""
+    if isinstance(value, str):
+        return _MOVED.sub(r"attnlab.training.\1.", value)
+    if isinstance(value, dict):
+        return {k: current_targets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [current_targets(v) for v in value]
+    return value
+
+
 def overrides_for(choices: dict, overrides: list[str]) -> list[str]:
     """The run's own overrides (so names and metadata match the original), with every config group
     choice that differs from train.yaml's defaults (an experiment file's `override /model: ...` too);
@@ -67,6 +84,7 @@ def overrides_for(choices: dict, overrides: list[str]) -> list[str]:
         key = override.split("=", 1)[0].lstrip("+~")
         if key in choices or key.split(".")[0] in _START_KEYS or key.startswith("hydra."):
             continue
+        override = current_targets(override)
         rest.append("+" + override if override.startswith("+") and not override.startswith("++") else override)
     return groups + rest
 
@@ -74,7 +92,7 @@ def overrides_for(choices: dict, overrides: list[str]) -> list[str]:
 def command_line(run_dir: Path, config_dir: Path, extra: list[str]) -> tuple[list[str], Path]:
     """argv for attnlab-train, and the new run's directory; writes the primary config to config_dir."""
     config, choices, overrides, log_dir = recorded(run_dir)
-    body = {k: v for k, v in config.items() if k not in _START_KEYS}
+    body = current_targets({k: v for k, v in config.items() if k not in _START_KEYS})
     OmegaConf.save(OmegaConf.create({"defaults": ["train", "_self_"], **body}), config_dir / "reproduce.yaml")
     given = [o.split("=", 1)[1] for o in extra if o.startswith("paths.log_dir=")]
     log_dir = given[-1] if given else log_dir

@@ -24,10 +24,11 @@ import lightning as L
 from omegaconf import OmegaConf
 
 from . import config as _registers_resolvers  # noqa: F401  (${attnlab.scaled:...} in table3 configs)
-from . import protocol, runlog
+from . import protocol
 from .atomic import atomic_write
 from .errors import ConfigError
-from .jobs import PROTOCOL_FILE, RESULT_FILE, read_result
+from .training import runlog
+from .training.jobs import PROTOCOL_FILE, RESULT_FILE, read_result
 
 REPLACED = (protocol.HYPS_DIR, protocol.REFS_DIR, PROTOCOL_FILE, RESULT_FILE)
 

@@ -14,18 +14,19 @@ from hydra.utils import instantiate, to_absolute_path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from . import faults, metadata, preflight, protocol
+from . import protocol
 from .cli import USER_ERRORS, explain_and_exit
 from .config import model_config, validate
 from .data.datamodule import TranslationDataModule
 from .errors import ConfigError, Interrupted, PreflightError
-from .jobs import in_multirun, run_job
 from .lit_module import TranslationModule
-from .loggers import configure_loggers, finish_wandb, log_final, log_run_config
-from .resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
 from .runtime import keep_freed_memory
 from .suggest import with_suggestions
-from .summary import print_examples, print_summary
+from .training import faults, metadata, preflight
+from .training.jobs import in_multirun, run_job
+from .training.loggers import configure_loggers, finish_wandb, log_final, log_run_config
+from .training.resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
+from .training.summary import print_examples, print_summary
 
 log = logging.getLogger("attnlab")
 

@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cli import USER_ERRORS, explain_and_exit
 from ..errors import ConfigError
-from ..metadata import cpu_model
 from ..model import TransformerConfig
 from ..runtime import keep_freed_memory
+from ..training.metadata import cpu_model
 from . import config as bench_config
 from . import results as res
 from .flops import GemmSuite, total_flops, train_gemms

@@ -16,7 +16,7 @@ def print_examples(module, dm, split: str, n: int) -> None:
     """Decode the first n sentences of a split and show source, reference and output."""
     if n <= 0:
         return
-    from .data.batching import collate
+    from ..data.batching import collate
 
     batch = collate(dm.examples[split][:n])
     module.eval()

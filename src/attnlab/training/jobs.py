@@ -29,8 +29,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import atomic_symlink, atomic_write
 from . import runlog, segments
-from .atomic import atomic_symlink, atomic_write
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
@@ -119,7 +119,7 @@ def _read_json(path: Path) -> dict | None:
 
 class _JobRecord:
     """`result.json` while its job runs: this process's segment with its clock, the run's earlier
-    segments when the job continues the run's own checkpoint (attnlab.segments), and a lock, since
+    segments when the job continues the run's own checkpoint (attnlab.training.segments), and a lock, since
     a heartbeat thread rewrites the file too."""
 
     def __init__(self, job_dir: Path, cfg: DictConfig, result: dict[str, Any], earlier: list[dict[str, Any]]):

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import grad_norm
 
-from .data.batching import collate
+from ..data.batching import collate
 
 log = logging.getLogger("attnlab")
 

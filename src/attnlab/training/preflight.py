@@ -22,8 +22,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import PreflightError
-from .suggest import did_you_mean
+from ..errors import PreflightError
+from ..suggest import did_you_mean
 
 # Weights plus Adam's two moments, and the files alive at once: best, last, and a temporary copy
 # while one of them is rewritten atomically.
@@ -151,7 +151,7 @@ def _torch_build() -> str:
 
 def vocab_bound(data: DictConfig) -> int:
     """The largest vocabulary data.* can give, known before any text is read."""
-    from .data.tokenizers import SPECIALS
+    from ..data.tokenizers import SPECIALS
 
     return data.n_symbols + len(SPECIALS) if data.source == "synthetic" else max(data.vocab_size, len(SPECIALS))
 
@@ -160,8 +160,8 @@ def parameter_count(cfg: DictConfig) -> int:
     """Parameters of the model `cfg` describes, counted on the meta device: nothing is allocated."""
     import torch
 
-    from .config import model_config
-    from .model import Transformer
+    from ..config import model_config
+    from ..model import Transformer
 
     vocab = vocab_bound(cfg.data)
     with torch.device("meta"):

@@ -258,7 +258,7 @@ def _metric_description(metric: str, cfg: DictConfig) -> str:
 
 
 def run_seconds(run_dir: str | Path) -> float | None:
-    """Wall seconds of the whole run so far: the earlier segments result.json lists (attnlab.segments)
+    """Wall seconds of the whole run so far: the earlier segments result.json lists (attnlab.training.segments)
     plus this running one; without those records, the time since metadata.json's last start."""
     recorded = (read_result(run_dir) or {}).get("segments") or []
     current = next((seg for seg in reversed(recorded) if seg.get("status") == "running"), None)

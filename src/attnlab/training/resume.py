@@ -28,9 +28,9 @@ from hydra.utils import to_absolute_path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .atomic import atomic_open, writer_pid
-from .checkpoint import read_checkpoint
-from .errors import CheckpointError, ConfigError
+from ..atomic import atomic_open, writer_pid
+from ..checkpoint import read_checkpoint
+from ..errors import CheckpointError, ConfigError
 from .jobs import RESUMED_INTO
 
 log = logging.getLogger("attnlab")

@@ -1,6 +1,6 @@
 """Run segments: each process that trained a run (its first start, then every resume) is one segment.
 
-A resumed run's `result.json` (attnlab.jobs) lists all its segments, and its `wall_time_s` is their sum,
+A resumed run's `result.json` (attnlab.training.jobs) lists all its segments, and its `wall_time_s` is their sum,
 so a report's time column shows what the whole run cost, not only its last process. A segment ends in
 one of three ways: the process records it (ok, failed, stopped by SIGTERM / Ctrl-C), or it is killed
 without warning (SIGKILL, the OOM killer, a lost node) and records nothing. For the last case a

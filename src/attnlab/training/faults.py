@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .errors import ConfigError, DiskFullError, Interrupted, NonFiniteLossError
+from ..errors import ConfigError, DiskFullError, Interrupted, NonFiniteLossError
 
 log = logging.getLogger("attnlab")
 
@@ -170,7 +170,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
 class InjectNonFinite(Callback):
     """Fault injection: multiply the decoder's output by NaN (or inf) in the training step `step`.
 
-    `attnlab-train +callbacks.inject._target_=attnlab.faults.InjectNonFinite +callbacks.inject.step=5`
+    `attnlab-train +callbacks.inject._target_=attnlab.training.faults.InjectNonFinite +callbacks.inject.step=5`
     """
 
     def __init__(self, step: int, value: Literal["nan", "inf"] = "nan"):
@@ -194,7 +194,7 @@ class InjectSignal(Callback):
     `kill -<name> <pid>` from a shell would (KILL: no handler runs, nothing is flushed). It fires only
     in a run that did not start from a checkpoint, so the same command with `resume=true` goes through.
 
-    `attnlab-train +callbacks.kill._target_=attnlab.faults.InjectSignal +callbacks.kill.step=12`
+    `attnlab-train +callbacks.kill._target_=attnlab.training.faults.InjectSignal +callbacks.kill.step=12`
     """
 
     def __init__(self, step: int, name: Literal["KILL", "TERM", "INT"] = "KILL"):

@@ -4,7 +4,7 @@ The resolved config and overrides, the code's git revision (with `git.diff` when
 dirty), Python and package versions, the seed, the hardware, and start / end times with the
 outcome. A resumed run appends to `resumes` instead of starting a new record (with how the segment
 before it ended); `wall_time_s` runs from the first start to the last end, pauses between segments
-included: the training time of all segments is in `result.json` (attnlab.jobs). No environment
+included: the training time of all segments is in `result.json` (attnlab.training.jobs). No environment
 variables are recorded except a short allow-list, so secrets (API keys) never end up here.
 """
 
@@ -25,7 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 log = logging.getLogger("attnlab")
 FILE = "metadata.json"
@@ -184,7 +184,7 @@ def write_end(run_dir: str | Path, status: str, metrics: dict[str, float] | None
 
 def _hydra_dir() -> str | None:
     """The directory Hydra made for this command, while it exists (a resume that continues an
-    earlier run removes it: attnlab.resume)."""
+    earlier run removes it: attnlab.training.resume)."""
     path = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
     return path if path and Path(path).is_dir() else None
 
