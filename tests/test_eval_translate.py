@@ -22,7 +22,6 @@ from hydra.core.global_hydra import GlobalHydra
 from matplotlib.image import imread
 
 from attnlab import evaluate, translate
-from attnlab.attention_plot import attention_figure
 from attnlab.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -33,6 +32,7 @@ from attnlab.checkpoint import (
 )
 from attnlab.data.datamodule import TranslationDataModule
 from attnlab.lit_module import TranslationModule
+from attnlab.report.attention_plot import attention_figure
 from fixtures_ckpt import DATA, EPOCHS, trained_run  # noqa: F401
 
 BIN = Path(sys.executable).parent

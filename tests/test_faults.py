@@ -26,7 +26,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from attnlab.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
-from attnlab.report_data import find_run_dirs
+from attnlab.report.data import find_run_dirs
 from attnlab.train import main
 from attnlab.training import runlog
 

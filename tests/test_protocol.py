@@ -23,8 +23,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import attnlab.train
-from attnlab import evaluate, protocol, report, rescore, train
+from attnlab import evaluate, protocol, rescore, train
 from attnlab.config import ConfigError
+from attnlab.report import tables as report
 from attnlab.training import runlog
 from test_bad_input import QUICK, in_process
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnlab.paper_table3 import paper_deltas
-from attnlab.report import main, report
+from attnlab.report.paper_table3 import paper_deltas
+from attnlab.report.tables import main, report
 
 CONFIG = {"seed": 0, "data": {"source": "synthetic"}, "model": {"n_heads": 4, "dropout": 0.1}, "paths": {"x": 1}}
 
@@ -183,7 +183,7 @@ def test_an_all_failed_sweep_writes_no_png_and_says_so(tmp_path: Path) -> None:
 
 
 def _figures(tmp_path: Path, axis: str, values: list[str], curves: list[list[float]]):
-    from attnlab.report_data import load
+    from attnlab.report.data import load
 
     for n, (value, losses) in enumerate(zip(values, curves)):
         make_run(tmp_path / "sweep" / str(n), [f"{axis}={value}"], losses, exact=0.5)
@@ -191,7 +191,7 @@ def _figures(tmp_path: Path, axis: str, values: list[str], curves: list[list[flo
 
 
 def test_categories_are_points_numbers_are_lines(tmp_path: Path) -> None:
-    from attnlab.report_plots import metric_vs_axis_figure
+    from attnlab.report.plots import metric_vs_axis_figure
 
     jobs, keys, rows = _figures(tmp_path / "c", "model.positional", ["sinusoidal", "rope", "none"], [[1.0]] * 3)
     ax = metric_vs_axis_figure(rows, keys, "model.positional", "val/loss").axes[0]
@@ -204,7 +204,7 @@ def test_categories_are_points_numbers_are_lines(tmp_path: Path) -> None:
 
 
 def test_log_axis_ticks_are_plain_numbers(tmp_path: Path) -> None:
-    from attnlab.report_plots import curves_figure
+    from attnlab.report.plots import curves_figure
 
     jobs, keys, _ = _figures(tmp_path, "model.positional", ["sinusoidal", "none"], [[1.7, 0.9, 0.6], [1.7, 1.6, 1.6]])
     fig = curves_figure(jobs, keys, ["val/loss"])
@@ -219,7 +219,7 @@ def test_log_axis_ticks_are_plain_numbers(tmp_path: Path) -> None:
 
 
 def test_identical_curves_do_not_hide_each_other(tmp_path: Path) -> None:
-    from attnlab.report_plots import curves_figure
+    from attnlab.report.plots import curves_figure
 
     jobs, keys, _ = _figures(tmp_path, "model.norm", ["post", "pre"], [[1.5, 1.0], [1.5, 1.0]])
     ax = curves_figure(jobs, keys, ["val/loss"]).axes[0]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from attnlab.model import TransformerConfig
-from attnlab.paper_table3 import paper_deltas
 from attnlab.perf.flops import total_flops, train_gemms
-from attnlab.report import report
-from attnlab.report_stats import paired_bootstrap, read_lines, seed_summary, seed_test, spearman
+from attnlab.report.paper_table3 import paper_deltas
+from attnlab.report.stats import paired_bootstrap, read_lines, seed_summary, seed_test, spearman
+from attnlab.report.tables import report
 from test_report import _csv, make_run
 
 TEXT = {"seed": 0, "data": {"source": "multi30k", "vocab_size": 100}, "model": {"n_heads": 4}}
@@ -181,7 +181,7 @@ def test_table3_spearman_share_and_p_values(tmp_path: Path) -> None:
 
 
 def test_an_unknown_ref_is_refused_with_the_choices(tmp_path: Path, capsys) -> None:
-    from attnlab.report import main
+    from attnlab.report.tables import main
 
     make_run(tmp_path / "s" / "0", ["model.n_heads=2"], [1.0], exact=0.5)
     make_run(tmp_path / "s" / "1", ["model.n_heads=4"], [1.0], exact=0.5)

@@ -12,14 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.report_stats import (
-    direction_agreement,
-    paired_bootstrap,
-    read_lines,
-    seed_summary,
-    seed_test,
-    spearman,
-)
+from attnlab.report.stats import direction_agreement, paired_bootstrap, read_lines, seed_summary, seed_test, spearman
 
 REFS = [
     "The cat sat on the mat.",

@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from attnlab.errors import Interrupted
-from attnlab.report_data import find_run_dirs, load_job
+from attnlab.report.data import find_run_dirs, load_job
 from attnlab.training import jobs, segments
 from attnlab.training.resume import move_log_files, remove_hydra_dir
 from test_faults import TINY, kill_at, the_run, train_command

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from attnlab.config import validate
-from attnlab.report import report
+from attnlab.report.tables import report
 
 CONF = Path(__file__).resolve().parents[1] / "src/attnlab/conf"
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
@@ -79,7 +79,7 @@ def test_every_sweep_value_fits_the_schema_and_validates(sweep: str) -> None:
 
 
 def test_table3_rows_match_the_paper_table() -> None:
-    from attnlab.paper_table3 import BEYOND, BY_NAME, NOT_RUN
+    from attnlab.report.paper_table3 import BEYOND, BY_NAME, NOT_RUN
 
     cfg = _compose("sweep=table3")
     rows = _sweep_values("table3", cfg.hydra.sweeper.params.table3)

@@ -20,12 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from .attention_plot import save_attention_png
 from .checkpoint import TrainedModel, load_for_inference
 from .cli import USER_ERRORS, explain_and_exit
 from .data.text import read_lines
 from .decoding.batch import fit_sources, translate_ids
 from .errors import CheckpointError, ConfigError, CorpusError
+from .report.attention_plot import save_attention_png
 from .runtime import keep_freed_memory
 
 log = logging.getLogger("attnlab")

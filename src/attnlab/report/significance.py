@@ -1,5 +1,5 @@
 """Each report row against a reference row: the change of the test score and a p-value, from the test
-that fits what both sides have (attnlab.report_stats does the statistics):
+that fits what both sides have (attnlab.report.stats does the statistics):
 
 - one seed a side, real text: sacreBLEU's paired bootstrap (1,000 resamples of test sentences) on the
   saved hypotheses of the protocol's first test set, BLEU and chrF;
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RefError
-from .report_compute import first_test_set
-from .report_data import SEED, Job, Row
-from .report_stats import ALPHA, paired_bootstrap, read_lines, seed_test
+from ..errors import RefError
+from .compute import first_test_set
+from .data import SEED, Job, Row
+from .stats import ALPHA, paired_bootstrap, read_lines, seed_test
 
 BOOTSTRAP = "paired bootstrap"
 WELCH = "Welch t over seeds"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .report_compute import compute_values
-from .report_stats import SeedSummary, seed_summary
-from .training import metadata, runlog
-from .training.jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_result
+from ..training import metadata, runlog
+from ..training.jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_result
+from .compute import compute_values
+from .stats import SeedSummary, seed_summary
 
 # Keys that say where a run went, not what it was; never an ablation axis.
 NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")

@@ -13,9 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .data import Row, quality_column
 from .paper_table3 import BEYOND, BY_NAME, ROWS, paper_deltas, reproduces
-from .report_data import Row, quality_column
-from .report_stats import spearman
+from .stats import spearman
 
 HEAD = ["row", "change (paper)", "paper ppl", "paper BLEU", "paper Δppl", "paper ΔBLEU",
         "our ppl", "our QUALITY", "our Δppl", "our ΔQUALITY", "ppl reproduces", "BLEU reproduces",
@@ -146,7 +146,7 @@ def table3_report(rows: list[Row], cols, out: Path, console: Console, sig=None, 
         writer.writerow(head)
         writer.writerows([["" if v is None else v for v in line] for line in data])
     if plots and any(s["pairs"] for s in stats.values()):
-        from .report_plots import paper_vs_ours_figure, save
+        from .plots import paper_vs_ours_figure, save
 
         files["table3_plot"] = save(paper_vs_ours_figure(stats, name), out / "table3_paper_vs_ours.png")
     return files

@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from .report_data import SEED, Job, Row, axis_value, quality_column  # noqa: E402
-from .training import runlog  # noqa: E402
+from ..training import runlog  # noqa: E402
+from .data import SEED, Job, Row, axis_value, quality_column  # noqa: E402
 
 
 def _label(job: Job, keys: list[str]) -> str:

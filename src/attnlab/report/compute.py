@@ -15,10 +15,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import config as _registers_resolvers  # noqa: F401  (${attnlab.scaled:...} in table3 configs)
-from .data.tokenizers import SPECIALS
-from .model import TransformerConfig
-from .perf.flops import total_flops, train_gemms
+from .. import config as _registers_resolvers  # noqa: F401  (${attnlab.scaled:...} in table3 configs)
+from ..data.tokenizers import SPECIALS
+from ..model import TransformerConfig
+from ..perf.flops import total_flops, train_gemms
 
 TOKENS_LABEL = "est.: tokens/s × time / 2"
 ESTIMATED = "~"  # prefixes an estimated token or FLOP total in the report

@@ -17,11 +17,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .cli import explain_and_exit
-from .errors import RefError
-from .report_compute import ESTIMATED, TOKENS_LABEL
-from .report_data import SEED, Job, Row, load, test_checkpoint
-from .report_significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, compare_all, reference_row
+from ..cli import explain_and_exit
+from ..errors import RefError
+from .compute import ESTIMATED, TOKENS_LABEL
+from .data import SEED, Job, Row, load, test_checkpoint
+from .significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, compare_all, reference_row
 
 console = Console(width=200)
 # (column, header). Headers say where a number comes from: train and val columns are the last
@@ -32,7 +32,7 @@ LOSS_COLUMNS = [
     ("val/loss", "val loss, last epoch"), ("val/ppl", "val ppl, last epoch"),
 ]
 RUN_COLUMNS = [("parameters", "params"), ("steps", "steps"), ("time_s", "time s")]
-# Compute per run (attnlab.report_compute): the model's own matmul count, the training rate, the tokens.
+# Compute per run (attnlab.report.compute): the model's own matmul count, the training rate, the tokens.
 COMPUTE_COLUMNS = [
     ("tokens_per_sec", "tokens/s"), ("flops_per_token", "train FLOPs / target token"),
     ("train_tokens", "target tokens"), ("train_flops", "train FLOPs"),
@@ -126,7 +126,7 @@ def cell(row: Row, column: str) -> str:
 
 
 class Significance:
-    """Every row against the reference row (attnlab.report_significance), as table cells and notes."""
+    """Every row against the reference row (attnlab.report.significance), as table cells and notes."""
 
     def __init__(self, rows: list[Row], ref: Row | None, metrics: list[str], text: bool):
         self.ref, self.metrics = ref, metrics
@@ -316,11 +316,11 @@ def report(paths: list[str], out: Path | None = None, plots: bool = True, by_see
     files["markdown"].write_text(markdown(keys, rows, cols, title, sig=sig))
     write_csv(files["csv"], keys, rows, cols, sig)
     if any(k == "table3" for k in keys):
-        from .report_table3 import table3_report
+        from .table3 import table3_report
 
         files.update(table3_report(rows, cols, out, console, sig, plots))
     if plots:
-        from .report_plots import plot_all
+        from .plots import plot_all
 
         plotted, skipped = plot_all(jobs, keys, rows, cols, out)
         files.update(plotted)
