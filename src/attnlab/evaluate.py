@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.nn.utils.rnn import pad_sequence
 
+from . import config as _registers_resolvers  # noqa: F401  (${attnlab.uid:} in eval.yaml)
 from .checkpoint import TrainedModel, load_for_inference
 from .cli import explain_and_exit
 from .data.datamodule import SPLITS, TranslationDataModule
