@@ -118,6 +118,19 @@ def test_table3_comparison_puts_paper_deltas_beside_ours(tmp_path: Path) -> None
     assert "Table 3 reproduction" in files["table3_markdown"].read_text()
 
 
+def test_a_table3_split_over_two_sweeps_compares_test_scores_and_leaves_a_training_row_blank(tmp_path: Path) -> None:
+    """The rest of a table run later, with threads=1: threads is no axis (one table, the base is the
+    reference), and the row still training gets no score rather than a val score beside test scores."""
+    make_run(tmp_path / "first" / "0", ["table3=base"], [1.0], exact=0.8, test=0.7)
+    make_run(tmp_path / "rest" / "0", ["table3=C_N2", "threads=1"], [1.5], exact=0.5, test=0.3)
+    make_run(tmp_path / "rest" / "1", ["table3=D_ls0", "threads=1"], [1.2], exact=0.85, status="unfinished")
+    files = report([str(tmp_path / "first"), str(tmp_path / "rest")], tmp_path / "out", plots=False)
+    assert "threads" not in _csv(files["csv"])[0]
+    rows = {r["row"]: r for r in _csv(files["table3_csv"])}
+    assert float(rows["C_N2"]["our Δexact_match"]) == pytest.approx(0.3 - 0.7)  # test, not val (0.5 - 0.8)
+    assert rows["D_ls0"]["our exact_match"] == "" and rows["D_ls0"]["our Δexact_match"] == ""
+
+
 def test_cli_names_a_missing_directory(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "nope")])

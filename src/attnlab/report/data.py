@@ -21,8 +21,9 @@ from ..training.jobs import PROTOCOL_FILE, RESULT_FILE, RESUMED_INTO, read_resul
 from .compute import compute_values
 from .stats import SeedSummary, seed_summary
 
-# Keys that say where a run went, not what it was; never an ablation axis.
-NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume")
+# Keys that say where a run went, not what it was (where it writes, what it resumes from, how many
+# threads it uses): never an ablation axis, so sweeps run with different threads fold into one table.
+NOT_AXES = ("hydra.", "paths.", "ckpt_path", "resume", "threads")
 SEED = "seed"
 
 
