@@ -193,7 +193,7 @@ def test_a_missing_test_set_file_fails_before_training(corpus, tmp_path, monkeyp
         if not path.name.startswith("test_2017"):
             (tmp_path / "copy" / path.name).write_bytes(path.read_bytes())
     fit = []
-    monkeypatch.setattr(attnlab.train.faults, "fit", lambda *a, **k: fit.append(1))
+    monkeypatch.setattr(attnlab.train.faults, "fit_resumably", lambda *a, **k: fit.append(1))
     code, err = in_process(tmp_path, monkeypatch, capsys)(
         *QUICK, "test=true", "experiment=multi30k_de_en", f"data.root={tmp_path / 'copy'}", "data.vocab_size=500",
         "model.max_len=128", f"paths.data_dir={tmp_path / 'cache'}", "callbacks=default",

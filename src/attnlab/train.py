@@ -132,7 +132,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     log.info("model: %s parameters", f"{module.model.num_parameters():,}")
     log_run_config(trainer.loggers, cfg, {"parameters": module.model.num_parameters()})
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
-    faults.fit(trainer, module, datamodule=dm, ckpt_path=ckpt_path)  # Ctrl-C/SIGTERM: save, then Interrupted
+    faults.fit_resumably(trainer, module, datamodule=dm, ckpt_path=ckpt_path)  # Ctrl-C/SIGTERM: save, then Interrupted
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if testing and trainer.is_global_zero:
         # eval_protocol.*: the declared weights and test sets, scored as attnlab-eval scores them

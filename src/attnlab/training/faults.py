@@ -9,8 +9,9 @@ Two callbacks (both in `conf/callbacks/default.yaml`):
   Lightning already turns SIGTERM into a stop at the end of the current batch (`SIGTERMException`)
   and Ctrl-C into a `KeyboardInterrupt`; both reach `on_exception`, where this callback saves.
 
-`fit` wraps `trainer.fit` so that an interrupted fit ends the whole command with `Interrupted`
-(exit 143 for SIGTERM, 130 for Ctrl-C, as a shell reports signals), even inside a multirun job.
+`fit_resumably` wraps `trainer.fit` so that an interrupted fit ends the whole command with `Interrupted`
+(exit 143 for SIGTERM, 130 for Ctrl-C, as a shell reports signals), even inside a multirun job, and a
+full disk with `DiskFullError`; both messages say how to resume.
 
 Fault injection (tests, and checking a cluster setup before a long run): `InjectNonFinite` makes a
 chosen step's loss NaN or inf, `InjectSignal` sends the process a signal (KILL, TERM, INT) at a
@@ -137,9 +138,10 @@ class CheckpointOnSignal(Checkpoint):
         log.warning("%s at step %d: saved %s", signal, trainer.global_step, path)
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
-    """`trainer.fit`, with Lightning's two ways out of an interrupted fit turned into `Interrupted`:
-    SIGTERMException after SIGTERM, and `sys.exit(1)` raised while handling a KeyboardInterrupt.
+def fit_resumably(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
+    """`trainer.fit`, where every way training is cut off ends in an error that says how to resume:
+    Lightning's two ways out of an interrupted fit (SIGTERMException after SIGTERM, `sys.exit(1)`
+    raised while handling a KeyboardInterrupt) become `Interrupted`, a full disk `DiskFullError`.
     A checkpoint to resume from is read with weights_only=True (see resume.AtomicCheckpointIO too)."""
     kwargs.setdefault("weights_only", True)
     try:
