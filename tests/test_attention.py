@@ -9,13 +9,13 @@ import torch
 
 from attnlab.model import MultiHeadAttention
 from attnlab.model.attention import attention_weights
-from attnlab.model.positional import NoRotation
+from attnlab.model.positional import AttentionPositions
 
 B, T, S, D, H = 3, 5, 7, 16, 4
 
 
 def make_mha() -> MultiHeadAttention:
-    mha = MultiHeadAttention(D, H, attention_dropout=0.0, rotary=NoRotation()).eval()
+    mha = MultiHeadAttention(D, H, attention_dropout=0.0, positions=AttentionPositions()).eval()
     torch.nn.init.normal_(mha.in_proj.bias)  # non-zero biases, so a misplaced bias slice shows
     torch.nn.init.normal_(mha.out_proj.bias)
     return mha
@@ -239,7 +239,7 @@ def test_decoder_cache_keeps_encoder_keys_transposed_through_reorder():
 
 
 def test_attention_dropout_only_in_training():
-    mha = MultiHeadAttention(D, H, attention_dropout=0.5, rotary=NoRotation())
+    mha = MultiHeadAttention(D, H, attention_dropout=0.5, positions=AttentionPositions())
     x = torch.randn(B, T, D)
     mha.eval()
     torch.testing.assert_close(mha.self_attention(x), mha.self_attention(x))

@@ -17,7 +17,7 @@ from attnlab.config import ConfigError, model_config, validate
 from attnlab.decoding import decode
 from attnlab.model import MultiHeadAttention, Transformer, TransformerConfig, expected_num_parameters
 from attnlab.model.attention import attention_by_sums, attention_weights
-from attnlab.model.positional import NoRotation
+from attnlab.model.positional import AttentionPositions
 from attnlab.perf.flops import forward_gemms, total_flops
 
 PAD, BOS, EOS = 0, 1, 2
@@ -136,7 +136,7 @@ def reference_attention(mha: MultiHeadAttention, x: torch.Tensor, mask: torch.Te
 
 @pytest.mark.parametrize("T", [5, 24])  # the explicit matmuls (few queries, no grad) and the fused kernel
 def test_scores_are_scaled_by_sqrt_d_head(T):
-    mha = MultiHeadAttention(12, 3, attention_dropout=0.0, rotary=NoRotation(), d_k=5).double().eval()
+    mha = MultiHeadAttention(12, 3, attention_dropout=0.0, positions=AttentionPositions(), d_k=5).double().eval()
     torch.nn.init.normal_(mha.in_proj.bias)  # a misplaced bias slice shows
     x = torch.randn(2, T, 12, dtype=torch.double)
     mask = torch.ones(2, 1, 1, T, dtype=torch.bool)
@@ -218,7 +218,7 @@ def test_rope_rotates_queries_and_keys_over_d_head(tiny_config):
     """d_model / h = 3 is odd, but RoPE rotates only queries and keys: an even d_head is enough."""
     cfg = tiny_config(d_model=12, n_heads=4, d_head=4, positional="rope")
     model = Transformer(cfg)
-    assert model.encoder.layers[0].self_attn.rotary.cos.shape == (cfg.max_len, 4)
+    assert model.encoder.layers[0].self_attn.positions.cos.shape == (cfg.max_len, 4)
     assert model(random_sources(2, 13), torch.tensor([[BOS, 4, 5]] * 2)).shape == (2, 3, 13)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import KVCache
+from .positional import AttentionPositions
 
 # Up to this many queries per head, attention without gradients takes the explicit matmuls,
 # longer or trained ones the fused kernel. Decoding steps (1 query, or a sentence's beams in
@@ -24,6 +25,21 @@ from .cache import KVCache
 SMALL_QUERY = 16
 
 
+def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mask as `F.scaled_dot_product_attention` reads its attn_mask: a boolean one keeps the
+    scores where True and puts the rest at -inf, a float one (a position bias) is added."""
+    if mask is None:
+        return scores
+    if mask.is_floating_point():
+        return scores + mask
+    return scores.masked_fill(~mask, float("-inf"))
+
+
+def with_bias(mask: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
+    """One float mask from a boolean padding mask (B, 1, 1, Tk) and a score bias (1, h, Tq, Tk)."""
+    return bias if mask is None else torch.where(mask, bias, float("-inf"))
+
+
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k)) with masked keys at -inf: (B, h, Tq, d_k) x (B, h, Tk, d_k) -> (B, h, Tq, Tk).
     d_k is read off the queries, so a narrower `model.d_head` scales by its own width."""
@@ -31,10 +47,8 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     if is_causal:
         Tq, Tk = scores.shape[-2:]
         causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
-        mask = causal if mask is None else mask & causal
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    return apply_mask(scores, mask).softmax(dim=-1)
 
 
 def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -46,8 +60,7 @@ def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     (docs/performance.md). Eager it would build (B, h, Tq, Tk, d_k) products, so only compiled
     code takes it. Shapes as `MultiHeadAttention.attend`."""
     scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    scores = apply_mask(scores, mask)
     return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_v)
 
 
@@ -59,9 +72,20 @@ class MultiHeadAttention(nn.Module):
     `in_proj` (rows [W_Q; W_K; W_V]) so self-attention projects with one matmul, and
     cross-attention uses the W_Q rows on the decoder state and the W_K, W_V rows on the
     encoder output. `out_proj` is W_O. Masks are boolean, True where a key may be seen.
+
+    `positions` is the attention side of the `model.positional` kind (positional.py): it may
+    rotate queries and keys (RoPE) and add a bias to the scores (which makes the mask `attend`
+    sees a float one, `with_bias`); by default it does neither.
     """
 
-    def __init__(self, d_model: int, n_heads: int, attention_dropout: float, rotary: nn.Module, d_k: int | None = None):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        attention_dropout: float,
+        positions: AttentionPositions | None = None,
+        d_k: int | None = None,
+    ):
         super().__init__()
         self.n_heads, self.d_v = n_heads, d_model // n_heads
         self.d_k = self.d_v if d_k is None else d_k
@@ -69,7 +93,7 @@ class MultiHeadAttention(nn.Module):
         self.widths = (n_heads * self.d_k, n_heads * self.d_k, n_heads * self.d_v)
         self.in_proj = nn.Linear(d_model, sum(self.widths))
         self.out_proj = nn.Linear(n_heads * self.d_v, d_model)
-        self.rotary = rotary
+        self.positions = AttentionPositions() if positions is None else positions
         self.attention_dropout = attention_dropout
         # Set by Transformer.attention_maps(): take the explicit path and keep the weights.
         self.keep_weights = False
@@ -103,12 +127,17 @@ class MultiHeadAttention(nn.Module):
         """
         q, k, v = (self.split_heads(t) for t in self.in_proj(x).split(self.widths, dim=-1))  # (B, h, T, d_k|d_v)
         offset = 0 if cache is None else cache.length
-        q, k = self.rotary(q, offset), self.rotary(k, offset)
+        q, k = self.positions.rotate(q, k, offset)
         if cache is not None:
             if x.size(1) != 1:
                 raise ValueError("cached self-attention takes one new position at a time")
             k, v = cache.append(k, v)  # gathered by row history, with an IndirectKVCache
             causal = False
+        bias = self.positions.score_bias(q.size(-2), k.size(-2), offset, causal)
+        if bias is not None:
+            # The bias carries the causal mask (-inf on later keys): the fused kernel takes a
+            # float attn_mask or is_causal, not both. Padding keys stay at -inf.
+            mask, causal = with_bias(mask, bias.to(q.dtype)), False
         by_sums = cache is not None and cache.gathered_reads
         return self.out_proj(self.merge_heads(self.attend(q, k, v, mask, causal, by_sums)))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
-Positional = Literal["sinusoidal", "learned", "rope", "none"]
+from .positional import POSITIONAL
+
 Norm = Literal["post", "pre"]
 TieEmbeddings = Literal["none", "decoder", "all"]
 
@@ -27,7 +28,7 @@ class TransformerConfig:
     d_head: int | None = None
     encoder_layers: int = 6
     decoder_layers: int = 6
-    positional: Positional = "sinusoidal"
+    positional: str = "sinusoidal"  # a key of positional.POSITIONAL
     residual: bool = True
     norm: Norm = "post"
     dropout: float = 0.1
@@ -39,8 +40,8 @@ class TransformerConfig:
     eos_id: int = 2
 
     def __post_init__(self) -> None:
-        for key, kind in (("positional", Positional), ("norm", Norm), ("tie_embeddings", TieEmbeddings)):
-            allowed = get_args(kind)
+        choices = {"positional": tuple(POSITIONAL), "norm": get_args(Norm), "tie_embeddings": get_args(TieEmbeddings)}
+        for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} is not one of {list(allowed)}")
         for key in ("src_vocab_size", "tgt_vocab_size", "d_model", "d_ff", "n_heads", "max_len"):
@@ -58,11 +59,7 @@ class TransformerConfig:
             )
         if self.d_head is not None and self.d_head < 1:
             raise ValueError(f"model.d_head must be >= 1 (or null for d_model / n_heads), got {self.d_head}")
-        if self.positional == "rope" and self.d_k % 2:
-            width = f"model.d_head={self.d_head}" if self.d_head is not None else f"d_model/n_heads={self.d_k}"
-            raise ValueError(
-                f"model.positional=rope needs an even head width (it rotates query/key features in pairs), got {width}"
-            )
+        POSITIONAL[self.positional].check(self)  # what the kind needs (rope: an even head width)
         for key in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"model.{key} must be in [0, 1), got {getattr(self, key)}")

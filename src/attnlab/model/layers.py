@@ -11,7 +11,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .config import TransformerConfig
 from .dropout import Dropout
-from .positional import NoRotation, Rotary
+from .positional import positional
 
 
 class FeedForward(nn.Module):
@@ -52,13 +52,17 @@ def _sublayer(cfg: TransformerConfig) -> SublayerConnection:
     return SublayerConnection(cfg.d_model, cfg.dropout, cfg.norm, cfg.residual)
 
 
-def _rotary(cfg: TransformerConfig) -> nn.Module:
-    # RoPE rotates queries and keys, so it spans their width d_k (model.d_head), not d_v.
-    return Rotary(cfg.d_k, cfg.max_len) if cfg.positional == "rope" else NoRotation()
+def _final_norm(cfg: TransformerConfig) -> nn.Module:
+    # The other half of model.norm, beside SublayerConnection: pre-norm sublayers leave the
+    # stack's output unnormalised, so a pre-norm stack ends with a LayerNorm of its own.
+    return nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
 
 
-def _attention(cfg: TransformerConfig, rotary: nn.Module) -> MultiHeadAttention:
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, rotary, d_k=cfg.d_k)
+def _attention(cfg: TransformerConfig, self_attention: bool) -> MultiHeadAttention:
+    # Self-attention takes the attention side of the model.positional kind (RoPE's rotation);
+    # cross-attention compares positions of two sentences and takes none.
+    positions = positional(cfg).self_attention() if self_attention else None
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, positions, d_k=cfg.d_k)
 
 
 class EncoderLayer(nn.Module):
@@ -66,7 +70,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = _attention(cfg, _rotary(cfg))
+        self.self_attn = _attention(cfg, self_attention=True)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff)
         self.sublayer = nn.ModuleList([_sublayer(cfg) for _ in range(2)])
 
@@ -81,9 +85,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = _attention(cfg, _rotary(cfg))
-        # Cross-attention compares positions of two different sentences: no rotation.
-        self.src_attn = _attention(cfg, NoRotation())
+        self.self_attn = _attention(cfg, self_attention=True)
+        self.src_attn = _attention(cfg, self_attention=False)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff)
         self.sublayer = nn.ModuleList([_sublayer(cfg) for _ in range(3)])
 
@@ -102,7 +105,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.layers = nn.ModuleList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
-        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.final_norm = _final_norm(cfg)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -116,7 +119,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
-        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.final_norm = _final_norm(cfg)
 
     def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [layer.src_attn.project_kv(memory) for layer in self.layers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import TransformerConfig
+from .positional import positional
 
 
 def expected_num_parameters(cfg: TransformerConfig) -> int:
@@ -16,7 +17,7 @@ def expected_num_parameters(cfg: TransformerConfig) -> int:
     final_norms = 2 * layer_norm if cfg.norm == "pre" else 0
     src_emb, tgt_emb = cfg.src_vocab_size * d, cfg.tgt_vocab_size * d
     embeddings = {"none": src_emb + 2 * tgt_emb, "decoder": src_emb + tgt_emb, "all": src_emb}[cfg.tie_embeddings]
-    positions = 2 * cfg.max_len * d if cfg.positional == "learned" else 0
+    positions = positional(cfg).num_parameters()  # learned: a max_len x d table per embedding
     return (
         cfg.encoder_layers * encoder_layer + cfg.decoder_layers * decoder_layer + final_norms + embeddings + positions
     )

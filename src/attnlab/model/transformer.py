@@ -15,16 +15,17 @@ from .config import TransformerConfig
 from .dropout import Dropout
 from .layers import Decoder, Encoder
 from .loss import generator_loss
-from .positional import EMBEDDING_POSITIONS
+from .positional import positional
 
 
 class Embeddings(nn.Module):
-    """Token embedding scaled by sqrt(d_model) (paper 3.4), plus position, plus dropout."""
+    """Token embedding scaled by sqrt(d_model) (paper 3.4), plus position (the embedding side of
+    the model.positional kind; nothing for the kinds that act in attention), plus dropout."""
 
     def __init__(self, token: nn.Embedding, cfg: TransformerConfig):
         super().__init__()
         self.token = token
-        self.position = EMBEDDING_POSITIONS[cfg.positional](cfg.d_model, cfg.max_len)
+        self.position = positional(cfg).embedding()
         self.dropout = Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.d_model)
 
