@@ -129,6 +129,7 @@ def test_a_table3_split_over_two_sweeps_compares_test_scores_and_leaves_a_traini
     rows = {r["row"]: r for r in _csv(files["table3_csv"])}
     assert float(rows["C_N2"]["our Δexact_match"]) == pytest.approx(0.3 - 0.7)  # test, not val (0.5 - 0.8)
     assert rows["D_ls0"]["our exact_match"] == "" and rows["D_ls0"]["our Δexact_match"] == ""
+    assert rows["D_ls0"]["our ppl"] == "" and rows["D_ls0"]["ppl reproduces"] == ""  # its val ppl is mid-training
 
 
 def test_cli_names_a_missing_directory(tmp_path: Path, capsys) -> None:

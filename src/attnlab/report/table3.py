@@ -54,8 +54,10 @@ def comparison(rows: list[Row], quality: str, sig=None) -> list[list]:
             continue
         paper = BY_NAME.get(name)
         dppl, dbleu = paper_deltas(name) or (None, None)
-        ppl = row.stats.get("val/ppl", (None,))[0]
-        q = row.stats.get(quality, (None,))[0]
+        # a row still training (or failed) has only a mid-training perplexity: nothing to compare yet
+        finished = row.status == "ok"
+        ppl = row.stats.get("val/ppl", (None,))[0] if finished else None
+        q = row.stats.get(quality, (None,))[0] if finished else None
         our_dppl = our_dq = None
         if base is not None and ppl is not None and "val/ppl" in base.stats:
             our_dppl = ppl - base.stats["val/ppl"][0]
