@@ -74,8 +74,8 @@ class MultiHeadAttention(nn.Module):
     encoder output. `out_proj` is W_O. Masks are boolean, True where a key may be seen.
 
     `positions` is the attention side of the `model.positional` kind (positional.py): it may
-    rotate queries and keys (RoPE) and add a bias to the scores (which makes the mask `attend`
-    sees a float one, `with_bias`); by default it does neither.
+    rotate queries and keys (RoPE) and add a bias to the scores (ALiBi, which makes the mask
+    `attend` sees a float one, `with_bias`); by default it does neither.
     """
 
     def __init__(

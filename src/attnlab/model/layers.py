@@ -59,8 +59,8 @@ def _final_norm(cfg: TransformerConfig) -> nn.Module:
 
 
 def _attention(cfg: TransformerConfig, self_attention: bool) -> MultiHeadAttention:
-    # Self-attention takes the attention side of the model.positional kind (RoPE's rotation);
-    # cross-attention compares positions of two sentences and takes none.
+    # Self-attention takes the attention side of the model.positional kind (RoPE's rotation,
+    # ALiBi's bias); cross-attention compares positions of two sentences and takes none.
     positions = positional(cfg).self_attention() if self_attention else None
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, positions, d_k=cfg.d_k)
 

@@ -2,12 +2,12 @@
 
 A kind acts in one or both of two places, and its class supplies both:
 - the embeddings: `sinusoidal` and `learned` add a vector per position (paper section 3.5);
-- self-attention: `rope` rotates queries and keys (Su et al. 2021); a kind may also add a bias
-  to the scores.
+- self-attention: `rope` rotates queries and keys (Su et al. 2021), `alibi` adds a per-head
+  linear distance penalty to the scores (Press et al. 2022).
 `none` gives the model no order at all (an ablation: the encoder becomes permutation-equivariant).
 
 The model asks the kind for its modules and never names a kind itself, so a new kind is one
-class here and one line in `POSITIONAL`.
+class here and one line in `POSITIONAL` (docs/positional.md walks through ALiBi).
 """
 
 from __future__ import annotations
@@ -121,6 +121,48 @@ class Rotary(AttentionPositions):
         return self(q, offset), self(k, offset)
 
 
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi's head-specific slopes m_h (Press et al. 2022, section 3).
+
+    For n a power of 2, the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8): for 8 heads
+    1/2, 1/4, ..., 1/256. Otherwise, the paper's rule: the slopes of the nearest power of 2
+    below n, then every other slope of twice that many heads, until there are n.
+    """
+
+    def power_of_2(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+    if n_heads & (n_heads - 1) == 0:
+        return power_of_2(n_heads)
+    below = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(below) + alibi_slopes(2 * below)[0::2][: n_heads - below]
+
+
+class ALiBiBias(AttentionPositions):
+    """Attention with Linear Biases: head h adds m_h * (j - i) to the score of query i on key j.
+
+    Causal self-attention (the decoder) takes the paper's form, m_h * (j - i) for j <= i, with
+    the later keys at -inf (the causal mask, folded in). The paper defines ALiBi for causal
+    language models only; for the encoder's bidirectional self-attention this uses the
+    symmetric -m_h * |i - j|, which equals the causal form wherever both attend.
+    """
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        # Fixed, not learned, and a function of n_heads: not saved in checkpoints.
+        slopes = torch.tensor(alibi_slopes(n_heads))[:, None, None]  # (h, 1, 1)
+        self.register_buffer("slopes", slopes, persistent=False)
+
+    def score_bias(self, n_queries: int, n_keys: int, offset: int, causal: bool) -> torch.Tensor:
+        device = self.slopes.device
+        i = torch.arange(offset, offset + n_queries, device=device)[:, None]  # query positions
+        j = torch.arange(n_keys, device=device)[None, :]  # key positions
+        bias = -self.slopes * (i - j).abs()  # (h, Tq, Tk)
+        if causal:
+            bias = bias.masked_fill(j > i, float("-inf"))
+        return bias[None]
+
+
 # -- the kinds: each supplies both sides --------------------------------------------------------
 
 
@@ -187,10 +229,18 @@ class RoPE(PositionalKind):
         return Rotary(self.cfg.d_k, self.cfg.max_len)
 
 
+class ALiBi(PositionalKind):
+    """A per-head linear distance penalty on self-attention's scores; nothing on the embeddings."""
+
+    def self_attention(self) -> AttentionPositions:
+        return ALiBiBias(self.cfg.n_heads)
+
+
 POSITIONAL: dict[str, type[PositionalKind]] = {
     "sinusoidal": Sinusoidal,
     "learned": Learned,
     "rope": RoPE,
+    "alibi": ALiBi,
     "none": PositionalKind,
 }
 """Every `model.positional` value and its class: the one list of kinds (the config's check,
