@@ -17,9 +17,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from attnlab.decoding import beam_search, decode, greedy_search, length_penalty, output_limits
 from attnlab.model import Transformer, TransformerConfig
+from attnlab.model.positional import POSITIONAL
 
 PAD, BOS, EOS, A, B_, C = 0, 1, 2, 3, 4, 5
-GRID = list(itertools.product(["sinusoidal", "learned", "rope", "none"], [True, False], ["post", "pre"]))
+GRID = list(itertools.product(list(POSITIONAL), [True, False], ["post", "pre"]))
 
 
 def random_sources(n: int, vocab: int, lengths=(3, 9), seed: int = 0) -> torch.Tensor:
@@ -200,7 +201,9 @@ def test_cached_decoding_equals_uncached_reference(tiny_config, positional, resi
         assert torch.equal(cached, plain)
 
 
-@pytest.mark.parametrize("positional,norm", [("sinusoidal", "post"), ("rope", "pre"), ("learned", "post")])
+@pytest.mark.parametrize(
+    "positional,norm", [("sinusoidal", "post"), ("rope", "pre"), ("learned", "post"), ("alibi", "pre")]
+)
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_indirect_cache_decodes_like_the_copying_cache(tiny_config, monkeypatch, positional, norm, strategy):
     """The cache decode.compile uses (rows index the stored keys; nothing is copied on reorder),
@@ -242,7 +245,7 @@ def test_cached_step_reads_one_position_at_a_time(tiny_config):
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
-@pytest.mark.parametrize("positional", ["sinusoidal", "rope"])
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "alibi"])
 def test_batched_decoding_equals_one_sentence_at_a_time(tiny_config, strategy, positional):
     model = tiny_model(tiny_config, positional=positional, norm="pre")
     src = random_sources(7, 13, lengths=(1, 12))
@@ -323,17 +326,18 @@ def test_decode_shapes_and_a_bad_strategy(tiny_config):
 # -- decode.compile ------------------------------------------------------------------------------
 
 
-def test_compiled_step_gives_the_eager_results(tiny_config):
+@pytest.mark.parametrize("positional", ["rope", pytest.param("alibi", marks=pytest.mark.slow)])
+def test_compiled_step_gives_the_eager_results(tiny_config, positional):
     """decode.compile=true runs the cached step under torch.compile (a few graphs here: the second
     step's, then one for every later length): the same tokens and scores as the eager step, for
     greedy search and for beam search (whose compiled step reads the keys through its rows'
     history, IndirectKVCache, and attends by sums). The choice is per call: nothing is left on
-    the model, which still pickles."""
+    the model, which still pickles. With alibi the step's score bias comes from its position."""
     import pickle
 
     from torch._dynamo.utils import counters
 
-    model = tiny_model(tiny_config, positional="rope", norm="pre")
+    model = tiny_model(tiny_config, positional=positional, norm="pre")
     src = random_sources(5, 13, lengths=(2, 9), seed=3)
     forced = dict(max_len=8, min_len=7)  # every row runs all 8 steps: no rows leave
     searches = {

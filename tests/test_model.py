@@ -10,13 +10,10 @@ import torch
 
 from attnlab.model import Transformer, TransformerConfig, expected_num_parameters
 from attnlab.model.layers import EncoderLayer, SublayerConnection
+from attnlab.model.positional import POSITIONAL
 
 PAD = 0
-GRID = list(
-    itertools.product(
-        ["sinusoidal", "learned", "rope", "none"], ["post", "pre"], [True, False], ["none", "decoder", "all"]
-    )
-)
+GRID = list(itertools.product(list(POSITIONAL), ["post", "pre"], [True, False], ["none", "decoder", "all"]))
 
 
 def grid_model(tiny_config, positional, norm, residual, tie) -> Transformer:
@@ -104,10 +101,9 @@ def test_attention_maps_respect_every_mask(tiny_config, positional, norm, residu
         assert_same(weights.sum(-1), torch.ones_like(weights.sum(-1)))
 
 
-@pytest.mark.parametrize(
-    "positional,equivariant", [("none", True), ("sinusoidal", False), ("learned", False), ("rope", False)]
-)
-def test_only_positional_none_makes_the_encoder_permutation_equivariant(tiny_config, positional, equivariant):
+@pytest.mark.parametrize("positional", list(POSITIONAL))
+def test_only_positional_none_makes_the_encoder_permutation_equivariant(tiny_config, positional):
+    equivariant = positional == "none"
     model = Transformer(tiny_config(positional=positional)).eval()
     src = torch.tensor([[3, 4, 5, 6, 7, 8, 9]])
     perm = torch.tensor([6, 2, 0, 5, 1, 3, 4])
@@ -190,6 +186,7 @@ def test_tie_embeddings_shares_storage(tiny_config, tie):
         {"tie_embeddings": "all", "encoder_layers": 0, "decoder_layers": 3},
         {"src_vocab_size": 50, "tgt_vocab_size": 70, "d_ff": 48, "n_heads": 4},
         {"positional": "rope", "residual": False, "norm": "pre", "tie_embeddings": "all"},
+        {"positional": "alibi", "n_heads": 4},
     ],
 )
 def test_parameter_count_matches_the_formula(tiny_config, overrides):
