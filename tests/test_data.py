@@ -12,7 +12,7 @@ from attnlab.data import synthetic
 from attnlab.data.batching import TokenBucketSampler, collate, make_examples
 from attnlab.data.datamodule import TranslationDataModule
 from attnlab.data.text import CorpusError, read_parallel
-from attnlab.data.tokenizers import BOS, EOS, PAD, UNK, WordTokenizer
+from attnlab.data.tokenizers import BOS, EOS, PAD, UNK, WordTokenizer, content_ids
 
 # -- TokenBucketSampler ---------------------------------------------------------------------
 
@@ -144,6 +144,14 @@ def test_word_tokenizer_round_trip_and_unknowns():
     assert tok.encode("b a c") == [4, 5, UNK]
     assert tok.decode([BOS, 4, 5, EOS, 4, PAD]) == "b a"
     assert WordTokenizer.from_state(tok.to_state()).itos == tok.itos
+
+
+def test_a_sentences_own_ids_are_one_thing_for_tokenizers_and_decoders():
+    """content_ids is the one reading of an output row (the tokenizers', the decoders' and the
+    LightningModule's): up to the first EOS, without BOS or padding."""
+    row = [BOS, 4, PAD, 5, EOS, 6, PAD]
+    assert content_ids(row) == [4, 5]
+    assert content_ids([9, 1, 8, 7], pad_id=8, bos_id=9, eos_id=7) == [1]  # a model's own special ids
 
 
 # -- parallel corpora -----------------------------------------------------------------------

@@ -16,9 +16,8 @@ import lightning as L
 import torch
 
 from .checkpoint import CHECKPOINT_FORMAT
-from .data.tokenizers import Tokenizer, tokenizer_from_state
+from .data.tokenizers import Tokenizer, content_ids, tokenizer_from_state
 from .decoding import decode
-from .decoding.batch import content
 from .model import Transformer, TransformerConfig
 from .training import metrics
 from .training.schedule import learning_rate
@@ -104,7 +103,8 @@ class TranslationModule(L.LightningModule):
         return every > 0 and (self.current_epoch + 1) % every == 0 and self.hparams.val_decode_size > 0
 
     def _content(self, ids: list[int]) -> list[int]:
-        return content(ids, self.model.config)
+        cfg = self.model.config
+        return content_ids(ids, cfg.pad_id, cfg.bos_id, cfg.eos_id)
 
     def _log_decoded(self, stage: str) -> None:
         """Exact match on ids; BLEU and chrF on text detokenised by the target tokenizer."""

@@ -21,7 +21,7 @@ import sentencepiece as spm
 
 from ..atomic import atomic_write
 from ..errors import ConfigError, CorpusError
-from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer
+from .tokenizers import BOS, EOS, PAD, UNK, Tokenizer, content_ids
 
 log = logging.getLogger("attnlab")
 MODEL_TYPES = ("bpe", "unigram")
@@ -44,7 +44,7 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.encode(text, out_type=int)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.decode(self.content_ids(ids))
+        return self.sp.decode(content_ids(ids, self.pad_id, self.bos_id, self.eos_id))
 
     def to_state(self) -> dict:
         # base64 text, so the checkpoint stays plain containers (torch.load(weights_only=True)).

@@ -13,6 +13,20 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
+def content_ids(ids: Iterable[int], pad_id: int = PAD, bos_id: int = BOS, eos_id: int = EOS) -> list[int]:
+    """A sentence's own ids: those before the first EOS, without padding or BOS. Tokenizers read
+    decoder outputs and references with it, and so do the decoders and the LightningModule (with
+    the model's special ids), so "the tokens of an output" means one thing everywhere."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == eos_id:
+            break
+        if i not in (pad_id, bos_id):
+            out.append(i)
+    return out
+
+
 class Tokenizer:
     """Interface: `encode` gives ids without BOS/EOS; `decode` stops at EOS and drops specials."""
 
@@ -35,17 +49,6 @@ class Tokenizer:
     @classmethod
     def from_state(cls, state: dict) -> Tokenizer:
         raise NotImplementedError
-
-    def content_ids(self, ids: Sequence[int]) -> list[int]:
-        """ids up to the first EOS, without padding or BOS."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                out.append(i)
-        return out
 
 
 class WordTokenizer(Tokenizer):
@@ -71,7 +74,7 @@ class WordTokenizer(Tokenizer):
         return [self.stoi.get(w, UNK) for w in text.split()]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return " ".join(self.itos[i] for i in self.content_ids(ids))
+        return " ".join(self.itos[i] for i in content_ids(ids, self.pad_id, self.bos_id, self.eos_id))
 
     def to_state(self) -> dict:
         return {"kind": self.kind, "words": self.itos[len(SPECIALS) :]}

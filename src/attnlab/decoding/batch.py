@@ -7,6 +7,7 @@ import logging
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from ..data.tokenizers import content_ids
 from ..model import Transformer
 from .search import decode
 
@@ -55,16 +56,8 @@ def translate_ids(
         src = pad_sequence([torch.tensor(sources[i]) for i in chunk], batch_first=True, padding_value=cfg.pad_id)
         tokens, scores = decode(model, src.to(device), **decode_cfg)  # (b, n, T), (b, n)
         for row, i in enumerate(chunk):
-            results[i] = [(content(t, cfg), float(s)) for t, s in zip(tokens[row].tolist(), scores[row].tolist())]
+            results[i] = [
+                (content_ids(t, cfg.pad_id, cfg.bos_id, cfg.eos_id), float(s))
+                for t, s in zip(tokens[row].tolist(), scores[row].tolist())
+            ]
     return results
-
-
-def content(ids: list[int], cfg) -> list[int]:
-    """Output ids up to EOS, without padding."""
-    out = []
-    for i in ids:
-        if i == cfg.eos_id:
-            break
-        if i != cfg.pad_id:
-            out.append(i)
-    return out
