@@ -168,7 +168,8 @@ def test_cached_decoding_equals_uncached(tiny_config, d_head, positional, strate
     narrower and wider than the values (16), so a cache that mixed up their widths would fail."""
     model = Transformer(tiny_config(d_model=64, d_ff=64, n_heads=4, d_head=d_head, positional=positional)).eval()
     src = random_sources(5, 13)
-    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6, min_len=4)
+    settings = dict(strategy=strategy, beam_size=3, n_best=3 if strategy == "beam" else 1, length_penalty=0.6,
+                    max_len_b=6, min_len=4)  # fmt: skip
     cached, cached_scores = decode(model, src, **settings)
     plain, plain_scores = decode(model, src, **settings, use_cache=False)
     assert cached.size(2) >= 5 and torch.equal(cached, plain)
@@ -181,7 +182,8 @@ def test_indirect_cache_decodes_like_no_cache_when_keys_are_narrower_than_values
     keys and values at their own widths and gives the uncached tokens."""
     model = Transformer(tiny_config(d_model=64, d_ff=64, n_heads=4, d_head=8, positional="rope")).eval()
     src = random_sources(6, 13, seed=4)
-    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6, min_len=4)
+    settings = dict(strategy=strategy, beam_size=3, n_best=3 if strategy == "beam" else 1, length_penalty=0.6,
+                    max_len_b=6, min_len=4)  # fmt: skip
     plain, plain_scores = decode(model, src, **settings, use_cache=False)
     caches = []
 

@@ -8,6 +8,7 @@ the previous token, so the best sequence is known by hand (the search tests).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from attnlab.decoding import beam_search, decode, greedy_search, length_penalty, output_limits
+from attnlab.decoding import DecodeConfig, beam_search, decode, generate, greedy_search, length_penalty, output_limits
+from attnlab.errors import ConfigError
 from attnlab.model import Transformer, TransformerConfig
 from attnlab.model.positional import POSITIONAL
 
@@ -186,7 +188,8 @@ def test_cached_decoding_equals_uncached_reference(tiny_config, positional, resi
     model = tiny_model(tiny_config, positional=positional, residual=residual, norm=norm, **depth)
     src = random_sources(5, 13)
     # min_len keeps random models from stopping at once, so the cache is used over many steps.
-    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6, min_len=4)
+    settings = dict(strategy=strategy, beam_size=3, n_best=3 if strategy == "beam" else 1, length_penalty=0.6,
+                    max_len_b=6, min_len=4)  # fmt: skip
     cached, cached_scores = decode(model, src, **settings)
     plain, plain_scores = decode(model, src, **settings, use_cache=False)
     assert cached.shape == plain.shape and cached.size(2) >= 5
@@ -211,7 +214,8 @@ def test_indirect_cache_decodes_like_the_copying_cache(tiny_config, monkeypatch,
     batch at different steps and beam search's rows multiplied after its first step."""
     model = tiny_model(tiny_config, positional=positional, norm=norm)
     src = random_sources(6, 13, lengths=(1, 10), seed=4)
-    settings = dict(strategy=strategy, beam_size=3, n_best=3, length_penalty=0.6, max_len_b=6)
+    settings = dict(strategy=strategy, beam_size=3, n_best=3 if strategy == "beam" else 1, length_penalty=0.6,
+                    max_len_b=6)  # fmt: skip
     want_tokens, want_scores = decode(model, src, **settings)
     kinds = []
 
@@ -368,3 +372,113 @@ def test_compiled_decoder_step_gives_the_eager_results(tiny_config):
             tokens, scores = decode(model, src, max_len_b=6, compile=True, **settings)
             assert torch.equal(tokens, want_tokens), settings
             torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=0)
+
+
+# -- decode.*: one typed DecodeConfig ------------------------------------------------------------
+
+# The one rule set for beam_size and n_best, and its message (the schema's validation, attnlab-eval
+# and attnlab-translate give the same: tests/test_eval_translate.py).
+REFUSED = {
+    "n_best > beam_size": (dict(strategy="beam", beam_size=2, n_best=3),
+                           "decode.n_best=3 must be in [1, decode.beam_size=2]"),
+    "n_best > 1 under greedy": (dict(strategy="greedy", n_best=2), "decode.n_best=2 needs decode=beam"),
+    "n_best > beam_size under greedy": (dict(strategy="greedy", beam_size=2, n_best=3),
+                                        "decode.n_best=3 needs decode=beam"),
+    "n_best 0": (dict(strategy="greedy", n_best=0), "decode.n_best=0 must be in [1, decode.beam_size=4]"),
+    "beam_size 0": (dict(strategy="greedy", beam_size=0), "decode.beam_size=0 must be >= 1"),
+    "unknown strategy": (dict(strategy="sample"), "decode.strategy='sample' is not one of ['greedy', 'beam']"),
+    "a word for a number": (dict(beam_size="four"), "decode.beam_size='four' must be a whole number"),
+    "a fraction for a whole number": (dict(max_len_b=2.5), "decode.max_len_b=2.5 must be a whole number"),
+    "a bool for a number": (dict(length_penalty=True), "decode.length_penalty=True must be a number"),
+    "a string for a bool": (dict(compile="yes"), "decode.compile='yes' must be true or false"),
+    "an unknown key": (dict(beams=4), "decode.beams is not a decode setting; valid keys under decode: strategy,"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_decode_config_refuses_impossible_settings_naming_the_key(case):
+    settings, message = REFUSED[case]
+    with pytest.raises(ConfigError) as refused:
+        DecodeConfig.from_dict(settings)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_beam_search_and_generate_refuse_by_the_same_rule(tiny_config):
+    model, src = tiny_model(tiny_config), random_sources(2, 13)
+    with pytest.raises(ConfigError, match=r"decode.n_best=3 must be in \[1, decode.beam_size=2\]"):
+        beam_search(model, src, beam_size=2, n_best=3)
+    with pytest.raises(ConfigError, match=r"decode.n_best=3 must be in \[1, decode.beam_size=2\]"):
+        generate(model, src, strategy="beam", beam_size=2, n_best=3)
+    with pytest.raises(ConfigError, match="decode.n_best=2 needs decode=beam"):
+        generate(model, src, DecodeConfig(), n_best=2)
+    with pytest.raises(TypeError, match="DecodeConfig"):
+        generate(model, src, {"strategy": "beam"})
+
+
+def test_decode_config_types_defaults_and_record():
+    config = DecodeConfig.from_dict({"strategy": "beam", "length_penalty": 1, "max_len_a": 2})
+    assert config.length_penalty == 1.0 and isinstance(config.length_penalty, float)
+    assert isinstance(config.max_len_a, float)
+    assert config == DecodeConfig(strategy="beam", length_penalty=1.0, max_len_a=2.0)
+    # result.json's and protocol.json's `decode`: the training keys; min_len only once it is set
+    assert list(config.to_dict()) == ["strategy", "beam_size", "n_best", "length_penalty", "max_len_a", "max_len_b",
+                                      "compile"]  # fmt: skip
+    assert config.replace(min_len=3).to_dict()["min_len"] == 3
+    assert DecodeConfig.from_dict(config.to_dict()) == config
+    assert config.describe() == "strategy=beam beam_size=4 length_penalty=1.0 max_len_a=2.0 max_len_b=50 n_best=1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_best = 2
+
+
+def test_the_training_schema_is_the_decode_config_less_the_inference_only_keys():
+    from attnlab.config import DecodeSchema
+    from attnlab.decoding.config import INFERENCE_ONLY
+
+    schema = {f.name: f.default for f in dataclasses.fields(DecodeSchema)}
+    typed = {f.name: f.default for f in dataclasses.fields(DecodeConfig) if f.name not in INFERENCE_ONLY}
+    assert schema == typed and INFERENCE_ONLY == {"min_len"}
+
+
+@pytest.mark.parametrize(
+    "command_line,want",
+    [({}, dict(strategy="beam", beam_size=3, length_penalty=1.0, max_len_b=4)),
+     ({"length_penalty": 0.3}, dict(strategy="beam", beam_size=3, length_penalty=0.3, max_len_b=4)),
+     ({"strategy": "greedy"}, dict(strategy="greedy", beam_size=3, length_penalty=1.0, max_len_b=4)),
+     ({"compile": True}, dict(strategy="beam", beam_size=3, length_penalty=1.0, max_len_b=4, compile=True))],
+)  # fmt: skip
+def test_a_checkpoints_decoding_is_its_runs_under_the_command_line(command_line, want):
+    """The run's decode.* (here beam 3, alpha 1.0, b=4, compiled) wins over the command's defaults
+    (beam 4, alpha 0.6, b=50), a key given on the command line over the run's, and compile (speed
+    only) is never taken from the run."""
+    command = {**DecodeConfig(strategy="beam").to_dict(), **command_line}
+    run = dict(strategy="beam", beam_size=3, n_best=1, length_penalty=1.0, max_len_a=1.0, max_len_b=4, compile=True)
+    assert DecodeConfig.for_checkpoint(command, run, set(command_line)) == DecodeConfig(**want)
+
+
+def test_a_greedy_run_given_a_beam_only_key_decodes_with_beam_search():
+    command = DecodeConfig(strategy="beam").to_dict()
+    run = DecodeConfig(strategy="greedy", max_len_b=4).to_dict()
+    assert DecodeConfig.for_checkpoint(command, run, set()).strategy == "greedy"
+    for key, value in (("n_best", 2), ("beam_size", 6), ("length_penalty", 0.2)):
+        chosen = DecodeConfig.for_checkpoint({**command, key: value}, run, {key})
+        assert chosen.strategy == "beam" and getattr(chosen, key) == value and chosen.max_len_b == 4
+    # decode=greedy given with it: the rule refuses rather than choosing for the user
+    with pytest.raises(ConfigError, match="decode.n_best=2 needs decode=beam"):
+        DecodeConfig.for_checkpoint({**command, "strategy": "greedy", "n_best": 2}, run, {"strategy", "n_best"})
+
+
+def test_generate_with_a_config_is_decode_with_its_keys(tiny_config):
+    """attnlab.decoding.decode (the old name, kept) is generate; a DecodeConfig and keyword
+    arguments give the same search, and the LightningModule holds a DecodeConfig of its decode.*."""
+    from attnlab.lit_module import TranslationModule
+
+    assert decode is generate
+    model, src = tiny_model(tiny_config), random_sources(4, 13)
+    config = DecodeConfig(strategy="beam", beam_size=3, n_best=2, length_penalty=0.6, max_len_b=5, min_len=2)
+    by_config, by_keys = generate(model, src, config), decode(model, src, **dataclasses.asdict(config))
+    assert torch.equal(by_config[0], by_keys[0]) and torch.equal(by_config[1], by_keys[1])
+    assert by_config[0].size(1) == 2
+    module = TranslationModule(model=model.config.to_dict(), optim={}, decode={"strategy": "beam", "max_len_b": 5})
+    assert module.decode_config == DecodeConfig(strategy="beam", max_len_b=5)
+    with pytest.raises(ConfigError, match="decode.n_best=2 needs decode=beam"):
+        TranslationModule(model=model.config.to_dict(), optim={}, decode={"strategy": "greedy", "n_best": 2})

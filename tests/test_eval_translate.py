@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +31,10 @@ from attnlab.checkpoint import (
     load_trained,
     read_checkpoint,
 )
+from attnlab.config import validate
 from attnlab.data.datamodule import TranslationDataModule
+from attnlab.decoding import DecodeConfig
+from attnlab.errors import ConfigError
 from attnlab.lit_module import TranslationModule
 from attnlab.report.attention_plot import attention_figure
 from fixtures_ckpt import DATA, EPOCHS, trained_run  # noqa: F401
@@ -382,11 +386,87 @@ def test_sentence_longer_than_max_len_is_truncated_with_a_warning(ckpt, run_app)
 @pytest.mark.parametrize(
     "overrides,expected",
     [(["decode.n_best=5"], "decode.n_best=5 must be in [1, decode.beam_size=4]"),
-     (["decode=greedy", "decode.n_best=2"], "decode.n_best > 1 needs decode=beam")],
+     (["decode=greedy", "decode.n_best=2"], "decode.n_best=2 needs decode=beam")],
 )  # fmt: skip
 def test_impossible_decode_settings_are_refused(ckpt, run_app, overrides, expected):
     status, _, err = run_app(translate, f"ckpt={ckpt}", *overrides, stdin="a b\n")
     assert status == 2 and expected in err
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "overrides",
+    [["decode=beam", "decode.n_best=5"], ["decode=greedy", "decode.n_best=2"], ["decode=beam", "decode.beam_size=0"]],
+    ids=["n_best > beam_size", "n_best > 1 under greedy", "beam_size 0"],
+)
+def test_one_rule_set_refuses_decode_settings_with_one_message(overrides, ckpt, compose_train, run_app, tmp_path):
+    """The training schema's validation, attnlab-eval and attnlab-translate (here on a run that decoded
+    greedily with beam_size 4) refuse the same decode.* with the same message: one DecodeConfig."""
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_train(*overrides))
+    message = str(refused.value)
+    assert message.startswith("decode.") and "Traceback" not in message
+    for module, name in ((translate, "attnlab-translate"), (evaluate, "attnlab-eval")):
+        where = [f"paths.log_dir={tmp_path}"] if module is evaluate else []
+        status, out, err = run_app(module, f"ckpt={ckpt}", *overrides, *where, stdin="a b\n")
+        assert status == 2 and f"{name}: error: {message}\n" in err, (name, err)
+        assert "decoding with" not in out + err  # refused before anything was decoded
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("module", [translate, evaluate], ids=["translate", "eval"])
+@pytest.mark.parametrize(
+    "override,expected",
+    [("decode.beam_size=four", "decode.beam_size='four' must be a whole number"),
+     ("+decode.beams=4", "decode.beams is not a decode setting; valid keys under decode: strategy, beam_size,")],
+)  # fmt: skip
+def test_a_bad_decode_key_is_refused_before_the_checkpoint_is_read(module, override, expected, tmp_path, run_app):
+    """Each key and value of the command line is checked first: the checkpoint named does not exist."""
+    where = [f"paths.log_dir={tmp_path}"] if module is evaluate else []
+    status, _, err = run_app(module, f"ckpt={tmp_path / 'missing.ckpt'}", override, *where, stdin="a b\n")
+    assert status == 2 and expected in err and "missing.ckpt" not in err, err
+
+
+def test_eval_translate_and_the_protocol_decode_with_one_typed_config(ckpt, compose_train, run_app, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    """For the same checkpoint and no decode.* on the command line, attnlab-eval, attnlab-translate and a
+    run's own test (attnlab.protocol) hand the search the same DecodeConfig: the run's settings
+    (fixtures_ckpt.DECODE), n_best 1; result.json's and protocol.json's `decode` record it."""
+    from attnlab import protocol
+    from attnlab.decoding import batch
+
+    seen = {}
+
+    def spy(name):
+        def translate_ids(model, sources, config, batch_size=64):
+            seen.setdefault(name, config)
+            return batch.translate_ids(model, sources, config, batch_size)
+
+        return translate_ids
+
+    monkeypatch.setattr(translate, "translate_ids", spy("translate"))
+    monkeypatch.setattr(evaluate, "translate_ids", spy("eval"))
+    status, _, err = run_app(translate, f"ckpt={ckpt}", stdin="a b c\n")
+    assert status == 0, err
+    status, _, err = run_app(evaluate, f"ckpt={ckpt}", "limit=8", f"paths.log_dir={tmp_path / 'eval'}")
+    assert status == 0, err
+    [results] = (tmp_path / "eval").glob("eval/runs/*/results.json")
+
+    # The protocol after training, on the same weights (protocol.protocol_weights is tested in test_protocol.py).
+    trained = load_trained(ckpt)
+    monkeypatch.setattr(protocol, "protocol_weights", lambda *a: trained)
+    eval_config = seen.pop("eval")  # the protocol scores through evaluate.score too: it records anew
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device="cpu"), checkpoint_callback=None, global_step=0)
+    cfg = compose_train()
+    texts = {"test": (["a b c", "d e f"], ["c b a", "f e d"])}
+    protocol.run_protocol(cfg, trainer, None, texts, tmp_path / "run")
+    protocol_config = seen.pop("eval")
+
+    want = DecodeConfig(strategy="greedy", max_len_b=4)  # fixtures_ckpt.DECODE
+    assert type(seen["translate"]) is type(eval_config) is type(protocol_config) is DecodeConfig
+    assert seen["translate"] == eval_config == protocol_config == want
+    recorded = json.loads((tmp_path / "run" / "protocol.json").read_text())["decode"]
+    assert recorded == json.loads(results.read_text())["decode"] == want.to_dict()
 
 
 def test_decode_keys_reach_the_search(ckpt, run_app):

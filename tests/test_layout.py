@@ -50,6 +50,14 @@ def test_the_model_package_imports_no_lightning_or_hydra():
     assert under(loaded, "lightning", "pytorch_lightning", "lightning_fabric", "hydra", "omegaconf") == []
 
 
+def test_the_decoding_package_imports_no_lightning_hydra_or_omegaconf():
+    """DecodeConfig (decoding/config.py) is the type the Hydra schema derives from, not the other way:
+    the search and its settings load without the training stack."""
+    loaded = imported_by(modules_of("decoding"))
+    assert "attnlab.decoding.config" in loaded
+    assert under(loaded, "lightning", "pytorch_lightning", "hydra", "omegaconf", "attnlab.config") == []
+
+
 def test_every_class_a_config_file_names_exists():
     """`_target_: attnlab...` in conf/ (callbacks, loggers, Hydra callbacks) names a class that imports."""
     from hydra.utils import get_class

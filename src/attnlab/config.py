@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .data.multi30k import check_selection
 from .data.synthetic import TASKS
+from .decoding.config import INFERENCE_ONLY, DecodeConfig
 from .errors import ConfigError
 from .model import TransformerConfig
 from .suggest import ALIASES, did_you_mean
@@ -80,15 +81,8 @@ class OptimSchema:
     label_smoothing: float = 0.1
 
 
-@dataclass
-class DecodeSchema:
-    strategy: str = "greedy"
-    beam_size: int = 4
-    n_best: int = 1
-    length_penalty: float = 0.6
-    max_len_a: float = 1.0
-    max_len_b: int = 50
-    compile: bool = False
+# decode.*: attnlab.decoding.DecodeConfig's keys and defaults, less those only eval and translate take.
+DecodeSchema = _schema_from(DecodeConfig, INFERENCE_ONLY)
 
 
 # eval_protocol.checkpoint: which weights give a run's own test score (attnlab.protocol).
@@ -177,6 +171,11 @@ def model_config(cfg: DictConfig, src_vocab_size: int = 1, tgt_vocab_size: int =
         raise ConfigError(str(err)) from None
 
 
+def decode_config(cfg: DictConfig) -> DecodeConfig:
+    """DecodeConfig from `decode.*`, checked by its own rules (ConfigErrors naming the key)."""
+    return DecodeConfig.from_dict(OmegaConf.to_container(cfg.decode, resolve=True))
+
+
 def check_known_keys(cfg: DictConfig) -> None:
     """A key added with `+` (`+data.batch_size=64`) passes composition, then nothing would read it."""
     for group, schema in (
@@ -202,7 +201,7 @@ def validate(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     model_config(cfg)
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    _choice("decode.strategy", cfg.decode.strategy, ("greedy", "beam"))
+    decode_config(cfg)
     _choice("data.source", cfg.data.source, ("synthetic", "parallel", "multi30k"))
     _choice("data.tokenizer", cfg.data.tokenizer, ("words", "sentencepiece"))
     _choice("data.spm_model_type", cfg.data.spm_model_type, ("bpe", "unigram"))
@@ -210,17 +209,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "model.tie_embeddings=all shares one embedding between source and target, which needs "
             "data.joint_vocab=true (or use model.tie_embeddings=decoder)"
-        )
-    if cfg.decode.beam_size < 1:
-        raise ConfigError(f"decode.beam_size must be >= 1, got {cfg.decode.beam_size}")
-    if not 1 <= cfg.decode.n_best <= cfg.decode.beam_size:
-        raise ConfigError(
-            f"decode.n_best must be in [1, decode.beam_size={cfg.decode.beam_size}], got {cfg.decode.n_best}"
-        )
-    if cfg.decode.strategy == "greedy" and cfg.decode.n_best != 1:
-        raise ConfigError(
-            f"decode.n_best={cfg.decode.n_best} needs decode=beam (greedy search keeps one hypothesis); "
-            "use decode=beam decode.n_best=N, or decode.n_best=1"
         )
     if cfg.optim.warmup_steps < 0 or cfg.optim.lr <= 0:
         raise ConfigError("optim.lr must be > 0 and optim.warmup_steps >= 0")

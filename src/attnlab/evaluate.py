@@ -23,6 +23,7 @@ from .checkpoint import TrainedModel, load_for_inference
 from .cli import explain_and_exit
 from .data.datamodule import SPLITS, TranslationDataModule
 from .data.text import read_lines
+from .decoding import DecodeConfig
 from .decoding.batch import fit_sources, translate_ids
 from .errors import ConfigError, CorpusError
 from .runtime import keep_freed_memory
@@ -32,6 +33,7 @@ from .translate import (
     check_batch_options,
     check_device,
     check_sentences,
+    command_decode,
     describe_decoding,
     run_decode_settings,
 )
@@ -113,14 +115,14 @@ def teacher_forced(trained: TrainedModel, sources: list[list[int]], references: 
 
 
 def score(
-    trained: TrainedModel, src_text: list[str], ref_text: list[str], decode_cfg: dict, batch_size: int, what: str
+    trained: TrainedModel, src_text: list[str], ref_text: list[str], settings: DecodeConfig, batch_size: int, what: str
 ) -> tuple[dict, list[str]]:
     """Decode a test set and score it: (metrics, detokenised best hypotheses, one per source line).
     attnlab-eval and a training run's own test (attnlab.protocol) both score with this, so the same
     weights, decoding and batch size give the same numbers."""
     sources = fit_sources([trained.src_tokenizer.encode(s) for s in src_text], trained.model, what)
     start = time.perf_counter()
-    results = translate_ids(trained.model, sources, {**decode_cfg, "n_best": 1}, batch_size)
+    results = translate_ids(trained.model, sources, settings.replace(n_best=1), batch_size)
     seconds = time.perf_counter() - start
     hyp_ids = [hyps[0][0] for hyps in results]
     hyps = [trained.tgt_tokenizer.decode(ids) for ids in hyp_ids]
@@ -150,14 +152,15 @@ def write_hypotheses(path: Path, hyps: list[str]) -> Path:
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     check_batch_options(cfg)
+    command_decode(cfg.decode)
     device = check_device(cfg.device)
     trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, out_dir)
-    decode_cfg, source = run_decode_settings(cfg.decode, trained.hparams)
-    decode_cfg["n_best"] = 1  # scores are of the best hypothesis
-    print(f"attnlab-eval: {describe_decoding(decode_cfg, source)}", flush=True)
+    settings, source = run_decode_settings(cfg.decode, trained.hparams)
+    settings = settings.replace(n_best=1)  # scores are of the best hypothesis
+    print(f"attnlab-eval: {describe_decoding(settings, source)}", flush=True)
     trained.model.to(device)
     src_text, ref_text = read_test_set(cfg)
-    metrics, hyps = score(trained, src_text, ref_text, decode_cfg, cfg.batch_size, cfg.split)
+    metrics, hyps = score(trained, src_text, ref_text, settings, cfg.batch_size, cfg.split)
     hyp_path = write_hypotheses(out_dir / f"hypotheses.{cfg.split}.txt", hyps)
     results_json = {
         "metrics": metrics,
@@ -166,7 +169,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "averaged_from": [str(p) for p in trained.averaged_from],
         "global_step": trained.global_step,
         "split": cfg.split if not cfg.src_file else str(cfg.src_file),
-        "decode": decode_cfg,
+        "decode": settings.to_dict(),
         "decode_from": source,
         "hypotheses": str(hyp_path),
     }

@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, content_ids, tokenizer_from_state
-from .decoding import decode
+from .decoding import DecodeConfig, generate
 from .model import Transformer, TransformerConfig
 from .training import metrics
 from .training.schedule import learning_rate
@@ -38,7 +38,9 @@ class TranslationModule(L.LightningModule):
         # Tokenizers travel in the checkpoint itself (on_save_checkpoint), not in hparams.yaml.
         self.save_hyperparameters(ignore=["tokenizers"])
         self.model = Transformer(TransformerConfig(**model))
-        self.optim, self.decode_cfg = dict(optim), dict(decode or {})
+        self.optim = dict(optim)
+        # decode.*: what the end-of-run examples decode with (hparams keep the plain dict)
+        self.decode_config = DecodeConfig.from_dict(decode or {})
         self.tokenizers = {k: tokenizer_from_state(v) for k, v in (tokenizers or {}).items()}
         self._step_start = None
         # Target tokens trained on so far (pads excluded), kept in checkpoints so a resumed run goes
@@ -136,8 +138,8 @@ class TranslationModule(L.LightningModule):
     @torch.no_grad()
     def translate_ids(self, src: torch.Tensor, strategy: str | None = None) -> list[list[int]]:
         """Best hypothesis per sentence as content ids (no BOS/EOS/padding), decoded with `decode.*`."""
-        settings = {**self.decode_cfg, "n_best": 1, **({"strategy": strategy} if strategy else {})}
-        tokens, _ = decode(self.model, src, **settings)
+        settings = self.decode_config.replace(n_best=1, **({"strategy": strategy} if strategy else {}))
+        tokens, _ = generate(self.model, src, settings)
         return [self._content(row) for row in tokens[:, 0].tolist()]
 
     # -- optimisation ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import TrainedModel, load_for_inference
+from .decoding import DecodeConfig
 from .errors import CheckpointError, ConfigError, CorpusError
 from .evaluate import read_split, score, write_hypotheses
 from .training.jobs import PROTOCOL_FILE, last_checkpoint
@@ -98,13 +99,13 @@ def run_protocol(cfg: DictConfig, trainer: L.Trainer, module, texts: dict, run_d
     with tempfile.TemporaryDirectory(prefix="attnlab-average-") as scratch:  # an average is not kept
         trained = protocol_weights(cfg, trainer, module, Path(scratch))
     # What attnlab-eval decodes with for this checkpoint when no decode.* is given on its command line.
-    decode_cfg, _ = run_decode_settings(cfg.decode, trained.hparams, given=set())
-    decode_cfg["n_best"] = 1
+    settings, _ = run_decode_settings(cfg.decode, trained.hparams, given=set())
+    settings = settings.replace(n_best=1)
     trained.model.to(trainer.strategy.root_device)
     metrics: dict[str, float] = {}
     sets = {}
     for i, (name, (src, ref)) in enumerate(texts.items()):
-        scores, hyps = score(trained, src, ref, decode_cfg, protocol.batch_size, name)
+        scores, hyps = score(trained, src, ref, settings, protocol.batch_size, name)
         hyp_path = write_hypotheses(run_dir / HYPS_DIR / f"{name}.txt", hyps)
         ref_path = write_hypotheses(run_dir / REFS_DIR / f"{name}.txt", ref)
         prefix = "test/" if i == 0 else f"test/{name}/"
@@ -113,11 +114,11 @@ def run_protocol(cfg: DictConfig, trainer: L.Trainer, module, texts: dict, run_d
                       "hypotheses": _relative(hyp_path, run_dir),
                       "references": _relative(ref_path, run_dir)}  # fmt: skip
         log.info("test set %s (%d sentences): BLEU %.2f, chrF %.2f", name, len(hyps), scores["bleu"], scores["chrf"])
-    write_record(cfg, trainer, trained, decode_cfg, sets, run_dir)
+    write_record(cfg, trainer, trained, settings, sets, run_dir)
     return metrics
 
 
-def write_record(cfg, trainer, trained: TrainedModel, decode_cfg: dict, sets: dict, run_dir: Path) -> dict:
+def write_record(cfg, trainer, trained: TrainedModel, settings: DecodeConfig, sets: dict, run_dir: Path) -> dict:
     protocol = cfg.eval_protocol
     averaged = protocol.checkpoint == "average_last"
     in_memory = trained.path == Path()
@@ -139,7 +140,7 @@ def write_record(cfg, trainer, trained: TrainedModel, decode_cfg: dict, sets: di
         "averaged_from": [_relative(p, run_dir) for p in trained.averaged_from],
         "global_step": trained.global_step,
         "test_sets": sets,
-        "decode": decode_cfg,
+        "decode": settings.to_dict(),
         "batch_size": protocol.batch_size,
         "signatures": signatures(),
         "eval_command": command,

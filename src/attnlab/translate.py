@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import TrainedModel, load_for_inference
 from .cli import USER_ERRORS, explain_and_exit
 from .data.text import read_lines
+from .decoding import DecodeConfig
 from .decoding.batch import fit_sources, translate_ids
+from .decoding.config import check_keys
 from .errors import CheckpointError, ConfigError, CorpusError
 from .report.attention_plot import save_attention_png
 from .runtime import keep_freed_memory
@@ -32,23 +34,13 @@ log = logging.getLogger("attnlab")
 ERRORS = (*USER_ERRORS, CheckpointError)
 
 
-# Keys that only beam search reads: giving one on the command line asks for beam search.
-BEAM_ONLY = ("beam_size", "n_best", "length_penalty")
-# How fast to decode, not what: the command's own setting, never the training run's.
-PROCESS_KEYS = ("compile",)
-
-
-def decode_settings(decode: DictConfig | dict) -> dict:
-    """`decode.*` as keyword arguments of `attnlab.decoding.decode`, checked."""
-    d = OmegaConf.to_container(decode, resolve=True) if isinstance(decode, DictConfig) else dict(decode)
-    if d.get("strategy") not in ("greedy", "beam"):
-        raise ConfigError(f"decode.strategy={d.get('strategy')!r} is not one of ['greedy', 'beam']")
-    beam, n_best = d.get("beam_size", 1), d.get("n_best", 1)
-    if d["strategy"] == "beam" and not 1 <= n_best <= beam:
-        raise ConfigError(f"decode.n_best={n_best} must be in [1, decode.beam_size={beam}]")
-    if d["strategy"] == "greedy" and n_best != 1:
-        raise ConfigError("decode.n_best > 1 needs decode=beam (greedy search keeps one hypothesis)")
-    return d
+def command_decode(decode: DictConfig | dict) -> dict:
+    """This command's `decode.*` (its defaults and what the command line gave) as a plain dict, each
+    key and value checked before any checkpoint is read; the rules between keys wait for the run's
+    settings (run_decode_settings)."""
+    settings = OmegaConf.to_container(decode, resolve=True) if isinstance(decode, DictConfig) else dict(decode)
+    check_keys(settings)
+    return settings
 
 
 def command_line_decode_keys() -> set[str]:
@@ -68,28 +60,25 @@ def command_line_decode_keys() -> set[str]:
     return keys
 
 
-def run_decode_settings(decode: DictConfig, hparams: dict, given: set[str] | None = None) -> tuple[dict, str]:
+def run_decode_settings(
+    decode: DictConfig | dict, hparams: dict, given: set[str] | None = None
+) -> tuple[DecodeConfig, str]:
     """The decoding a checkpoint's run was trained (and tested) with, under the keys the user gave on
-    the command line; the command's defaults (conf/decode/) fill what the run did not record.
-    Returns the checked settings and where they came from, for the printed line."""
+    the command line; the command's defaults (conf/decode/) fill what the run did not record
+    (DecodeConfig.for_checkpoint). Returns the checked settings and where they came from, for the
+    printed line."""
     given = command_line_decode_keys() if given is None else given
-    ours = OmegaConf.to_container(decode, resolve=True) if isinstance(decode, DictConfig) else dict(decode)
-    run = {k: v for k, v in (hparams.get("decode") or {}).items() if k not in PROCESS_KEYS}
-    settings = {**ours, **{k: v for k, v in run.items() if k not in given}}
-    if "strategy" not in given and settings.get("strategy") == "greedy" and given & set(BEAM_ONLY):
-        settings["strategy"] = "beam"
-        settings.setdefault("beam_size", 4)
+    run = hparams.get("decode") or {}
+    settings = DecodeConfig.for_checkpoint(command_decode(decode), run, given)
     source = "the checkpoint's run" if run else "this command's defaults (the checkpoint records none)"
     if given:
         source += "; command line: " + ", ".join(sorted(given))
-    return decode_settings(settings), source
+    return settings, source
 
 
-def describe_decoding(settings: dict, source: str) -> str:
+def describe_decoding(settings: DecodeConfig, source: str) -> str:
     """One line: the settings a command decodes with and where they came from."""
-    keys = ("strategy", "beam_size", "length_penalty", "max_len_a", "max_len_b", "n_best")
-    shown = " ".join(f"{k}={settings.get(k)}" for k in keys)
-    return f"decoding with {shown} (from {source})"
+    return f"decoding with {settings.describe()} (from {source})"
 
 
 def check_device(device: str) -> str:
@@ -211,6 +200,7 @@ def attention_path(path: str) -> Path:
 
 def translate(cfg: DictConfig) -> list[str]:
     check_batch_options(cfg)
+    command_decode(cfg.decode)
     device = check_device(cfg.device)
     # Checked before decoding: a bad output path found afterwards would lose the translations.
     out_path = None if cfg.output == "-" else writable_file(cfg.output, "output")
@@ -218,13 +208,13 @@ def translate(cfg: DictConfig) -> list[str]:
     # An averaged model is written to a temporary file, never into the user's working directory.
     with tempfile.TemporaryDirectory(prefix="attnlab-average-") as scratch:
         trained = load_for_inference(to_absolute_path(cfg.ckpt), cfg.average_last, scratch)
-    decode_cfg, source = run_decode_settings(cfg.decode, trained.hparams)
-    print(f"attnlab-translate: {describe_decoding(decode_cfg, source)}", file=sys.stderr, flush=True)
+    settings, source = run_decode_settings(cfg.decode, trained.hparams)
+    print(f"attnlab-translate: {describe_decoding(settings, source)}", file=sys.stderr, flush=True)
     trained.model.to(device)
     sentences, name = read_sentences(cfg.input)
     sources = fit_sources([trained.src_tokenizer.encode(s) for s in sentences], trained.model, name)
-    results = translate_ids(trained.model, sources, decode_cfg, cfg.batch_size)
-    lines = format_translations(results, trained.tgt_tokenizer, decode_cfg.get("n_best", 1))
+    results = translate_ids(trained.model, sources, settings, cfg.batch_size)
+    lines = format_translations(results, trained.tgt_tokenizer, settings.n_best)
     text = "".join(line + "\n" for line in lines)
     if out_path is None:
         sys.stdout.write(text)

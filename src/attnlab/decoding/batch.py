@@ -1,4 +1,4 @@
-"""Translating lists of sentences: length-sorted batches, each decoded with `decode`."""
+"""Translating lists of sentences: length-sorted batches, each decoded with `generate`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..data.tokenizers import content_ids
 from ..model import Transformer
-from .search import decode
+from .config import DecodeConfig
+from .search import generate
 
 log = logging.getLogger("attnlab")
 
@@ -41,9 +42,10 @@ def fit_sources(ids: list[list[int]], model: Transformer, what: str = "input") -
 
 @torch.no_grad()
 def translate_ids(
-    model: Transformer, sources: list[list[int]], decode_cfg: dict, batch_size: int = 64
+    model: Transformer, sources: list[list[int]], config: DecodeConfig, batch_size: int = 64
 ) -> list[list[tuple[list[int], float]]]:
-    """Source ids (each ending in EOS) -> per sentence, its n-best (content ids, log-prob), best first.
+    """Source ids (each ending in EOS) -> per sentence, its n-best (content ids, log-prob), best first,
+    decoded as `config` says.
 
     Sentences are decoded longest first in batches of similar length (little padding);
     the results come back in input order.
@@ -54,7 +56,7 @@ def translate_ids(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         src = pad_sequence([torch.tensor(sources[i]) for i in chunk], batch_first=True, padding_value=cfg.pad_id)
-        tokens, scores = decode(model, src.to(device), **decode_cfg)  # (b, n, T), (b, n)
+        tokens, scores = generate(model, src.to(device), config)  # (b, n, T), (b, n)
         for row, i in enumerate(chunk):
             results[i] = [
                 (content_ids(t, cfg.pad_id, cfg.bos_id, cfg.eos_id), float(s))

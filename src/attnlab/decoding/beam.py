@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Transformer
+from .config import check_beam
 from .greedy import next_token_log_probs, output_limits
 from .stepper import make_stepper
 from .topk import topk
@@ -44,8 +45,7 @@ def beam_search(
     hypotheses have ended with EOS (as in fairseq) or its length limit is reached.
     `compile`: the cached decoder step under torch.compile (decode.compile).
     """
-    if beam_size < 1 or not 1 <= n_best <= beam_size:
-        raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size=}, {n_best=}")
+    check_beam("beam", beam_size, n_best)  # decode.*'s own rule: a ConfigError (a ValueError) naming the key
     cfg, K = model.config, beam_size
     B, device = src.size(0), src.device
     memory, src_mask = model.encode(src)
