@@ -469,7 +469,9 @@ def test_a_greedy_run_given_a_beam_only_key_decodes_with_beam_search():
 
 def test_generate_with_a_config_is_decode_with_its_keys(tiny_config):
     """attnlab.decoding.decode (the old name, kept) is generate; a DecodeConfig and keyword
-    arguments give the same search, and the LightningModule holds a DecodeConfig of its decode.*."""
+    arguments give the same search, and the LightningModule holds a DecodeConfig of its decode.*
+    and decodes its best hypotheses with it."""
+    from attnlab.data.tokenizers import content_ids
     from attnlab.lit_module import TranslationModule
 
     assert decode is generate
@@ -480,5 +482,10 @@ def test_generate_with_a_config_is_decode_with_its_keys(tiny_config):
     assert by_config[0].size(1) == 2
     module = TranslationModule(model=model.config.to_dict(), optim={}, decode={"strategy": "beam", "max_len_b": 5})
     assert module.decode_config == DecodeConfig(strategy="beam", max_len_b=5)
+    module.model.load_state_dict(model.state_dict())
+    # its best hypothesis per sentence: decode.* (beam here), or greedy search for validation's scores
+    for greedy, settings in ((False, module.decode_config), (True, DecodeConfig(strategy="greedy", max_len_b=5))):
+        want = [content_ids(row) for row in generate(model, src, settings)[0][:, 0].tolist()]
+        assert module.best_hypotheses(src, greedy=greedy) == want
     with pytest.raises(ConfigError, match="decode.n_best=2 needs decode=beam"):
         TranslationModule(model=model.config.to_dict(), optim={}, decode={"strategy": "greedy", "n_best": 2})

@@ -96,7 +96,7 @@ class TranslationModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val")
         if self._decode_this_epoch() and len(self.val_outputs) < self.hparams.val_decode_size:
-            hyps = self.translate_ids(batch["src"], strategy="greedy")
+            hyps = self.best_hypotheses(batch["src"], greedy=True)
             for hyp, ref in zip(hyps, batch["tgt_out"].tolist()):
                 self.val_outputs.append((hyp, self._content(ref)))
 
@@ -136,9 +136,11 @@ class TranslationModule(L.LightningModule):
 
     # -- decoding -------------------------------------------------------------------------
     @torch.no_grad()
-    def translate_ids(self, src: torch.Tensor, strategy: str | None = None) -> list[list[int]]:
-        """Best hypothesis per sentence as content ids (no BOS/EOS/padding), decoded with `decode.*`."""
-        settings = self.decode_config.replace(n_best=1, **({"strategy": strategy} if strategy else {}))
+    def best_hypotheses(self, src: torch.Tensor, greedy: bool = False) -> list[list[int]]:
+        """A padded batch of sources (B, S) -> each sentence's best hypothesis as content ids (no
+        BOS/EOS/padding), decoded with `decode.*`; `greedy`: greedy search whatever decode.strategy
+        says (validation decodes every epoch, and only needs a comparable score)."""
+        settings = self.decode_config.replace(n_best=1, **({"strategy": "greedy"} if greedy else {}))
         tokens, _ = generate(self.model, src, settings)
         return [self._content(row) for row in tokens[:, 0].tolist()]
 

@@ -54,7 +54,7 @@ class SampleTranslations(L.Callback):
         if first is None:
             return
         batch, sources, references = first
-        hyps = pl_module.translate_ids(batch["src"].to(pl_module.device), strategy="greedy")
+        hyps = pl_module.best_hypotheses(batch["src"].to(pl_module.device), greedy=True)
         rows = [[s, r, pl_module.tgt_tokenizer.decode(h)] for s, r, h in zip(sources, references, hyps)]
         step = trainer.global_step
         for logger in trainer.loggers:

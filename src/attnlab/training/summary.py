@@ -20,7 +20,7 @@ def print_examples(module, dm, split: str, n: int) -> None:
 
     batch = collate(dm.examples[split][:n])
     module.eval()
-    hyps = module.translate_ids(batch["src"])
+    hyps = module.best_hypotheses(batch["src"])
     src_text, ref_text = dm.text[split][0][:n], dm.text[split][1][:n]
     table = Table(title=f"{split} examples", show_lines=False)
     for col in ("source", "reference", "output", "ok"):
