@@ -39,7 +39,7 @@ def both_paths(mha: MultiHeadAttention, run) -> tuple[torch.Tensor, torch.Tensor
 def test_sdpa_and_explicit_paths_agree_with_padding_mask():
     mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
     mask = key_padding_mask([7, 4, 1], S)
-    fast, explicit, weights = both_paths(mha, lambda: mha(x, memory, memory, mask))
+    fast, explicit, weights = both_paths(mha, lambda: mha.cross_attention(x, mha.project_kv(memory), mask))
     torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=0)
     assert weights.shape == (B, H, T, S)
 
@@ -64,7 +64,8 @@ def test_sdpa_and_explicit_paths_agree_causal_with_padding_mask():
 def test_weights_sum_to_one_over_keys_and_are_zero_on_padding():
     mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
     lengths = [7, 4, 1]
-    _, _, weights = both_paths(mha, lambda: mha(x, memory, memory, key_padding_mask(lengths, S)))
+    mask = key_padding_mask(lengths, S)
+    _, _, weights = both_paths(mha, lambda: mha.cross_attention(x, mha.project_kv(memory), mask))
     torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, T))
     for b, n in enumerate(lengths):
         assert (weights[b, ..., n:] == 0).all(), "padded keys must get exactly zero weight"
@@ -96,20 +97,15 @@ def reference_multi_head(mha: MultiHeadAttention, query, key, value, mask) -> to
 
 
 @pytest.mark.parametrize("keep_weights", [False, True])
-def test_multi_head_attention_matches_per_head_reference(keep_weights):
+def test_self_and_cross_attention_match_the_per_head_reference(keep_weights):
     mha = make_mha()
     mha.keep_weights = keep_weights
-    query, key, value = torch.randn(B, T, D), torch.randn(B, S, D), torch.randn(B, S, D)
-    mask = key_padding_mask([7, 6, 3], S)
+    x, memory = torch.randn(B, T, D), torch.randn(B, S, D)
+    mask_s, mask_t = key_padding_mask([7, 6, 3], S), key_padding_mask([5, 5, 2], T)
     with torch.no_grad():
-        torch.testing.assert_close(mha(query, key, value, mask), reference_multi_head(mha, query, key, value, mask))
-
-
-def test_self_and_cross_attention_helpers_equal_the_general_form():
-    mha, x, memory = make_mha(), torch.randn(B, T, D), torch.randn(B, S, D)
-    mask_s, mask_t = key_padding_mask([7, 4, 2], S), key_padding_mask([5, 5, 2], T)
-    torch.testing.assert_close(mha.self_attention(x, mask_t), mha(x, x, x, mask_t))
-    torch.testing.assert_close(mha.cross_attention(x, mha.project_kv(memory), mask_s), mha(x, memory, memory, mask_s))
+        torch.testing.assert_close(mha.self_attention(x, mask_t), reference_multi_head(mha, x, x, x, mask_t))
+        torch.testing.assert_close(mha.cross_attention(x, mha.project_kv(memory), mask_s),
+                                   reference_multi_head(mha, x, memory, memory, mask_s))  # fmt: skip
 
 
 CACHES = ["KVCache", "IndirectKVCache"]  # copies rows on reorder / indexes the stored rows

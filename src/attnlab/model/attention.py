@@ -159,16 +159,6 @@ class MultiHeadAttention(nn.Module):
         out = self.attend(q, k, v, mask, False, by_sums=True).transpose(1, 2)  # (A, G, h, d_v)
         return self.out_proj(out.reshape(B, 1, self.n_heads * self.d_v))
 
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """General attention, paper argument order; `key` and `value` are usually the same tensor."""
-        d = self.widths[0]
-        w, b = self.in_proj.weight, self.in_proj.bias
-        k = self.split_heads(F.linear(key, w[d : 2 * d], b[d : 2 * d]))
-        v = self.split_heads(F.linear(value, w[2 * d :], b[2 * d :]))
-        return self.out_proj(self.merge_heads(self.attend(self.project_query(query), k, v, mask, False)))
-
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
         by_sums: bool = False,
