@@ -1,9 +1,9 @@
 """Process settings the CLIs apply once at start-up.
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh
-mmap and unmaps it on free, so each large tensor (a batch's logits are 49 MB at 1,536
-tokens x 8,000 classes) is new memory, and the kernel zero-fills every page on first
-touch: in a CPU training step this was 8% of the time (docs/performance.md). Keeping
+mmap and unmaps it on free, so each large tensor (a batch's logits, tokens x vocabulary)
+is new memory, and the kernel zero-fills every page on first touch, every step: time a
+CPU training step spends in the kernel, not the model (docs/performance.md). Keeping
 freed memory in the process's heap removes that; the price is that the resident size
 stays at the run's peak, which a training or decoding process reaches anyway.
 Set ATTNLAB_MALLOC=default to keep glibc's behaviour.

@@ -1,24 +1,23 @@
 """`decode.compile=true`: the decoder step under `torch.compile`.
 
 A decoding step sends one position per row through every decoder layer: about a hundred
-small kernels, each a few microseconds of Python and dispatch. On a 2-core CPU that is a
-quarter of a greedy search (the same search with d_model 8 instead of 256 still takes 72 of
-its 285 ms). Inductor fuses the element-wise work between the matmuls (LayerNorm, residual
+small kernels, each a few microseconds of Python and dispatch: on a CPU a sizeable share of
+a small model's search, paid even when the matmuls are tiny (figures: docs/performance.md).
+Inductor fuses the element-wise work between the matmuls (LayerNorm, residual
 adds, ReLU, softmax, head splits, the cache writes) into a few C++ kernels, and its C++
-wrapper launches the whole step without Python (docs/performance.md). Beam search's compiled
+wrapper launches the whole step without Python. Beam search's compiled
 step also keeps its cache by indirection (model/cache.py, IndirectKVCache): the survivors'
 keys are read through an index inside the fused attention instead of being copied each step.
 
 Nothing is stored on the model (it still copies, pickles and trains as before): the step
 function of the model's class is compiled once per process and called with the model as an
 argument, so the weights stay inputs of the graph (no freezing) and a model that goes on
-training is decoded with its current weights. Each graph takes 15-30 s to compile on this
-machine: the first lengths, then once more when the batch size or the source length first
-changes (from then on those dimensions are dynamic), a single row, beam search's grouping;
-about 4 minutes over Multi30k's 1,000-sentence test set, whose beam search it then ran only 1-4%
-faster (sentences leave the batch early and the shapes keep changing; the benchmark's forced
-full-length batches gain 1.27x over eager with the cache indirection).
-Worth it for a corpus or a long-lived process, not for one test set; off by default.
+training is decoded with its current weights. A search compiles several graphs, each taking
+seconds: the first lengths, then once more when the batch size or the source length first
+changes (from then on those dimensions are dynamic), a single row, beam search's grouping.
+On a test set of real sentences the gain is small, since sentences leave the batch early and
+the shapes keep changing; full-length batches gain most (docs/performance.md). So it is
+worth it for a corpus or a long-lived process, not for one test set; off by default.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 
 from ..model import Transformer
 
-INDUCTOR_OPTIONS = {"cpp_wrapper": True}  # the step launched from C++: a tenth less than the Python wrapper
+INDUCTOR_OPTIONS = {"cpp_wrapper": True}  # the step launched from C++, without Inductor's Python wrapper
 # Graphs one code object may collect before dynamo runs it eagerly. A test set takes ~7 of the
 # decoder step (the first lengths, the shrinking batch, a single row, beam search's grouping),
 # and models of other sizes in the same process (the bench, the tests) add their own.

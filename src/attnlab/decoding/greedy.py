@@ -86,7 +86,7 @@ def greedy_search(
     last = src.new_full((B,), cfg.bos_id)
     for step in range(out.size(1)):
         logp = next_token_log_probs(model, stepper.step(last), step, limits[alive], min_len, with_scores)
-        best_logp, best = (t[:, 0] for t in topk(logp, 1))  # (A,): max() with indices costs 10x more on CPU
+        best_logp, best = (t[:, 0] for t in topk(logp, 1))  # (A,): topk, not max(): max with indices is slower on CPU
         out[alive, step] = best
         if with_scores:
             scores[alive] += best_logp

@@ -55,10 +55,10 @@ def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     """softmax(Q K^T / sqrt(d_k)) V written as products and sums instead of matmuls, for the
     compiled beam search step: Inductor turns it into one loop nest with the softmax and with
     whatever produced k and v (the gather of IndirectKVCache), where the matmuls would be
-    separate library calls on materialised inputs; it was also faster for a sentence's beams
-    attending together to the encoder. For one query per row (greedy) the matmuls were faster
-    (docs/performance.md). Eager it would build (B, h, Tq, Tk, d_k) products, so only compiled
-    code takes it. Shapes as `MultiHeadAttention.attend`."""
+    separate library calls on materialised inputs, and a sentence's beams attending together to
+    the encoder gain from it too. For one query per row (greedy) there is no gather to fuse and
+    the matmuls stay the faster form (figures: docs/performance.md). Eager it would build
+    (B, h, Tq, Tk, d_k) products, so only compiled code takes it. Shapes as `MultiHeadAttention.attend`."""
     scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
     scores = apply_mask(scores, mask)
     return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_v)

@@ -1,13 +1,13 @@
 """Dropout (Srivastava et al. 2014; the paper's P_drop) with a cheaper random mask on CPU,
 and the residual connection's `x + Dropout(y)` as one multiply-add.
 
-`nn.Dropout` draws one random number per element (`bernoulli_`), about a tenth of a CPU
-training step at 17 dropout sites. Here one 64-bit draw over the full int64 range carries
-four uniform 16-bit lanes, so a mask costs a quarter of the draws. An element is dropped
+`nn.Dropout` draws one random number per element (`bernoulli_`), and a training step draws
+a mask at every dropout site (figures: docs/performance.md). Here one 64-bit draw over the
+full int64 range carries four uniform 16-bit lanes, so a mask costs a quarter of the draws. An element is dropped
 when its lane falls below round(p * 65536) of 65536, so the drop rate is p rounded to
 1/65536 (0.1 -> 0.100006), and kept elements are scaled by the exact inverse of the rate
 used. The mask is kept as floats, 0 or that scale: on CPU a multiply by a float mask is
-several times faster than `torch.where` or a multiply by a boolean one, so the forward
+faster than `torch.where` or a multiply by a boolean one, so the forward
 is one `addcmul` (x + y * mask) and the backward one multiply (grad * mask).
 Elsewhere than on CPU, and in eval mode, this is `nn.functional.dropout`.
 """

@@ -6,8 +6,8 @@ With p = softmax(z) over V classes and target y:
     d loss / d z = p - (1 - eps) * onehot(y) - eps / V
 so neither log p (a V-wide tensor per token) nor the gradients of a log-softmax, a gather
 and a mean need to be materialised: the forward keeps exp(z - max z) for the backward,
-from which the backward forms p. On the output layer of a small transformer these V-wide
-passes are a tenth of a CPU training step (docs/performance.md).
+from which the backward forms p. On the output layer of a small transformer each V-wide
+pass is a large tensor, so every one saved shows in a CPU training step (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, real: torch.Tensor, epsilon: float):
         # logits (N, V) fp32; target (N,); real (N,) bool: tokens that count (not padding)
-        top = logits.amax(dim=-1)  # (amax: max with indices costs several times more on CPU)
+        top = logits.amax(dim=-1)  # (amax: max also computes indices, slower on CPU)
         exp = torch.sub(logits, top[:, None]).exp_()  # (N, V), kept for the backward
         total = exp.sum(dim=-1)
         lse = top + total.log()
@@ -64,7 +64,7 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: floa
 
 
 # -- the output layer and the loss in one pass ------------------------------------------------
-# The logits of a batch (tokens x V, 49 MB at 1,536 x 8,000) exist only to be reduced to a
+# The logits of a batch (tokens x V floats, the largest tensor of a step) exist only to be reduced to a
 # loss and turned into their gradient p - target. Computing them a slice of tokens at a time,
 # and forming that slice's gradient at once, keeps each slice in cache and never holds the
 # whole (tokens x V) tensor; the slice's gradient goes straight into the two gradient GEMMs

@@ -108,7 +108,7 @@ class Transformer(nn.Module):
         # Values contiguous (B, h, S, d_v) and keys stored transposed, (B, h, d_k, S) in memory
         # seen through a (B, h, S, d_k) view, so that Q K^T and P V at every step are plain
         # batched matmuls: with the keys as a transposed view, a sentence's beams (several
-        # queries per head) took a slow path, 7x the time (docs/performance.md).
+        # queries per head) send matmul down a much slower path (docs/performance.md).
         memory_kv = [(k.mT.contiguous().mT, v.contiguous()) for k, v in self.decoder.project_memory(memory)]
         return DecoderCache(memory_kv, src_mask, capacity or self.config.max_len, indirect)
 

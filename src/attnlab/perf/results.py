@@ -27,7 +27,7 @@ RATIO_METRICS = (
     "greedy_peak_mib",
     "beam_peak_mib",
 )
-# Issue 8's targets on the 2-core CPU: (name, peer, metric or special, target, at least?).
+# The benchmark's targets (docs/performance.md, Targets): (name, peer, metric or special, target, at least?).
 TARGETS = (
     ("train tokens/s vs marian", "marian", "train_tokens_per_s", 1.25, True),
     ("attnlab MFU (share of the GEMM ceiling)", None, "mfu", 0.75, True),
@@ -169,7 +169,7 @@ def print_tables(results: dict, console: Console | None = None) -> None:
             f"Lightning loop: {light['lightning_step_s'] * 1e3:.0f} ms/step vs bare {light['bare_step_s'] * 1e3:.0f} "
             f"ms/step: overhead {light['overhead']:+.1%}"
         )
-    target_table = Table(title="issue 8 targets (value: from the medians; paired: the median of per-round ratios)")
+    target_table = Table(title="targets (value: from the medians; paired: the median of per-round ratios)")
     for column in ("target", "value", "paired", "goal", "met"):
         target_table.add_column(column)
     for t in results["targets"]:
