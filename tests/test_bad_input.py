@@ -129,9 +129,10 @@ CORPUS_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CORPUS_CASES))
-def test_bad_corpus_is_named_with_file_and_line(case, tmp_path, run_main):
-    spoil, extra, expected = CORPUS_CASES[case]
+def refused_corpus(case: tuple, tmp_path, run_main) -> str:
+    """Train on a corpus spoiled by `case` = (spoil, extra overrides, expected parts): the run must end
+    with exit 2 and one `attnlab-train: error:` naming every expected part; returns stderr."""
+    spoil, extra, expected = case
     root = write_corpus(tmp_path / "corpus")
     spoil(root)
     code, err = run_main(*parallel(root), *QUICK, *extra)
@@ -139,6 +140,12 @@ def test_bad_corpus_is_named_with_file_and_line(case, tmp_path, run_main):
     assert "attnlab-train: error:" in err
     for part in expected:
         assert part in err, (part, err)
+    return err
+
+
+@pytest.mark.parametrize("case", list(CORPUS_CASES))
+def test_bad_corpus_is_named_with_file_and_line(case, tmp_path, run_main):
+    refused_corpus(CORPUS_CASES[case], tmp_path, run_main)
 
 
 def test_windows_line_endings_and_a_bom_read_like_plain_text(tmp_path):
