@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import netrc
 import os
 import sys
@@ -40,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import metadata, segments
 from .jobs import read_result
 
+log = logging.getLogger("attnlab")
 # Overrides that do not change what is trained: left out of W&B names.
 _NOT_IN_NAME = ("logger", "paths", "resume", "ckpt_path", "hydra", "show_examples")
 
@@ -82,6 +84,44 @@ class ResumableCSVLogger(CSVLogger):
                 writer.metrics_keys.extend(missing)
                 writer.metrics_keys.sort()
         super().save()
+
+
+def _surviving(name: str):
+    """WandbLogger.<name>, but a stopped wandb service turns the call into nothing (SurvivingWandbLogger)."""
+
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        if self._service_lost:
+            return None
+        try:
+            return getattr(WandbLogger, name)(self, *args, **kwargs)
+        except ConnectionError as err:  # BrokenPipeError, ConnectionResetError: wandb-core is gone
+            self._service_lost = True
+            log.warning("W&B: the wandb service stopped (%s: %s); this process logs no more to W&B",
+                        type(err).__name__, err)
+            return None
+
+    method.__name__ = name
+    return method
+
+
+class SurvivingWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, except that a W&B service process that died under the run costs a warning
+    and the rest of this process's W&B logging, not the run.
+
+    wandb-core is a child process of the run. A scheduler that cancels, preempts or requeues a job sends
+    SIGTERM to every process of the job, so wandb-core exits at once (wandb/wandb#9963) while training
+    still has to finish its batch and save `last.ckpt`; the next W&B call would raise ConnectionResetError
+    and fail the run instead. The CSV and TensorBoard logs go on; a resumed segment logs into the same
+    W&B run again (its id comes from the run directory)."""
+
+    _service_lost = False
+    log_metrics = _surviving("log_metrics")
+    log_hyperparams = _surviving("log_hyperparams")
+    log_text = _surviving("log_text")
+    log_table = _surviving("log_table")
+    log_image = _surviving("log_image")
+    after_save_checkpoint = _surviving("after_save_checkpoint")
+    finalize = _surviving("finalize")
 
 
 def has_wandb_credentials() -> bool:
@@ -328,4 +368,7 @@ def finish_wandb(failed: bool = False) -> None:
     """Close the process's W&B run, if one is open (no import cost when W&B was never used)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        try:
+            wandb.finish(exit_code=1 if failed else 0)
+        except ConnectionError as err:  # wandb-core was stopped with the job (SurvivingWandbLogger)
+            log.warning("W&B: could not finish the run, the wandb service stopped (%s: %s)", type(err).__name__, err)
