@@ -142,6 +142,8 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                                                                                  trainer.global_step))  # fmt: skip
     metrics["parameters"] = module.model.num_parameters()
     metrics["steps"] = trainer.global_step
+    if not trainer.is_global_zero:  # another task of a multi-task (DDP) SLURM job: rank 0 records the run
+        return metrics
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     _best_effort("logging the final metrics", lambda: log_final(trainer.loggers, cfg, metrics))
     _best_effort("printing examples", lambda: print_examples(module, dm, "val", cfg.show_examples))

@@ -27,6 +27,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_symlink, atomic_write
@@ -52,6 +53,7 @@ def read_result(job_dir: Path) -> dict | None:
     return _read_json(Path(job_dir) / RESULT_FILE)
 
 
+@rank_zero_only  # a multi-task (DDP) SLURM job runs every task through run_job: rank 0 keeps the record
 def _write_result(job_dir: Path, result: dict) -> None:
     # Atomic: a job killed mid-write never leaves a half-written result behind.
     atomic_write(Path(job_dir) / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_write
@@ -126,6 +127,7 @@ def _write(run_dir: Path, record: dict[str, Any]) -> None:
     atomic_write(run_dir / FILE, json.dumps(record, indent=2, default=str))  # a kill never leaves half a record
 
 
+@rank_zero_only  # one record per run, also when every task of a DDP SLURM job runs attnlab-train
 def write_start(run_dir: str | Path, cfg: DictConfig, resumed_from: str | None = None) -> dict[str, Any]:
     """Record a run's start; for a resumed run, add an entry to the existing record's `resumes`."""
     run_dir = Path(run_dir)
@@ -164,6 +166,7 @@ def write_start(run_dir: str | Path, cfg: DictConfig, resumed_from: str | None =
     return record
 
 
+@rank_zero_only
 def write_end(run_dir: str | Path, status: str, metrics: dict[str, float] | None = None,
               error: str | None = None) -> None:
     """Record the outcome: status finished / failed, end time, wall time and the final metrics."""

@@ -22,8 +22,8 @@ class SacreMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, metric: BLEU | CHRF):
-        super().__init__()
+    def __init__(self, metric: BLEU | CHRF, **kwargs):
+        super().__init__(**kwargs)  # torchmetrics' own, e.g. sync_on_compute
         self.metric = metric
         width = len(metric._extract_corpus_statistics(["a"], [["a"]])[0])
         self.add_state("stats", default=torch.zeros(width, dtype=torch.float64), dist_reduce_fx="sum")
@@ -44,14 +44,14 @@ class SacreMetric(Metric):
         return torch.tensor(self.metric._compute_score_from_stats(stats).score, dtype=torch.float64)
 
 
-def bleu() -> SacreMetric:
+def bleu(**kwargs) -> SacreMetric:
     """Corpus BLEU as sacreBLEU's default: 13a tokenisation, exp smoothing, case-sensitive."""
-    return SacreMetric(BLEU(tokenize="13a"))
+    return SacreMetric(BLEU(tokenize="13a"), **kwargs)
 
 
-def chrf() -> SacreMetric:
+def chrf(**kwargs) -> SacreMetric:
     """chrF (character 6-grams, beta 2, no word n-grams) as sacreBLEU's default."""
-    return SacreMetric(CHRF())
+    return SacreMetric(CHRF(), **kwargs)
 
 
 def signatures() -> dict[str, str]:
@@ -67,7 +67,8 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     """{'bleu', 'chrf'} in 0-100 for detokenised strings, one reference each."""
     out = {}
     for name, make in (("bleu", bleu), ("chrf", chrf)):
-        metric = make()
+        # these sentences only: rank 0 of a DDP job scores the test alone, so no gathering from other processes
+        metric = make(sync_on_compute=False)
         metric.update(hypotheses, references)
         out[name] = float(metric.compute())
     return out
