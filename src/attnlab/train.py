@@ -22,7 +22,7 @@ from .errors import ConfigError, Interrupted, PreflightError
 from .lit_module import TranslationModule
 from .runtime import keep_freed_memory
 from .suggest import with_suggestions
-from .training import faults, metadata, preflight
+from .training import faults, metadata, preflight, slurm
 from .training.jobs import in_multirun, run_job
 from .training.loggers import configure_loggers, finish_wandb, log_final, log_run_config
 from .training.resume import AtomicCheckpointIO, checkpoint_step, prepare_resume, resumes_in_place
@@ -73,9 +73,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         return L.Trainer(
             **OmegaConf.to_container(cfg.trainer, resolve=True),
             logger=_instantiate_all(cfg.logger) or False,
-            callbacks=_instantiate_all(cfg.callbacks),
+            # in a SLURM job, its time-limit signal first stops training at a batch end (training/slurm.py)
+            callbacks=_instantiate_all(cfg.callbacks) + ([slurm.DeferRequeueSignal()] if slurm.in_slurm_job() else []),
             default_root_dir=cfg.paths.output_dir,
-            plugins=[AtomicCheckpointIO()],  # a kill while saving never leaves a corrupt last.ckpt
+            # a kill while saving never leaves a corrupt last.ckpt; in SLURM, Lightning's auto-requeue is off
+            plugins=[AtomicCheckpointIO(), *slurm.cluster_plugins()],
         )
     # TypeError: an unknown trainer.* key; the others: a value config.check_trainer does not know.
     except (TypeError, MisconfigurationException, ValueError) as err:
@@ -165,6 +167,10 @@ def main(cfg: DictConfig) -> float | None:
         explain_and_exit(err, "attnlab-train")
     except Interrupted as stop:
         print(f"attnlab-train: {stop}", file=sys.stderr)
+        # SLURM's time-limit signal, deferred to the checkpoint: now the launcher's handler requeues the job
+        # (submitit exits the process). If it declines, a sweep job ends as a result (result.json: stopped).
+        if slurm.hand_over() == "declined" and in_multirun():
+            return None
         sys.exit(stop.code)
 
 

@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import ConfigError, DiskFullError, Interrupted, NonFiniteLossError
+from . import slurm
 
 log = logging.getLogger("attnlab")
 
@@ -124,7 +125,7 @@ class CheckpointOnSignal(Checkpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, INTERRUPTS) or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
-        signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C (SIGINT)"
+        signal = _stop_signal_name() if isinstance(exception, SIGTERMException) else "Ctrl-C (SIGINT)"
         if isinstance(exception, KeyboardInterrupt):
             # Ctrl-C can land after a batch was fetched but before it was trained on; record that batch
             # as never started, else Lightning's restart logic counts it and the resumed run's logging
@@ -136,6 +137,12 @@ class CheckpointOnSignal(Checkpoint):
         trainer.save_checkpoint(path)
         self.saved = path
         log.warning("%s at step %d: saved %s", signal, trainer.global_step, path)
+
+
+def _stop_signal_name() -> str:
+    """What stopped training through Lightning's SIGTERM path: SIGTERM, or SLURM's requeue signal (slurm.py)."""
+    deferred = slurm.deferred_signal()
+    return f"{deferred.name} (SLURM: time limit near)" if deferred else "SIGTERM"
 
 
 def fit_resumably(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> None:
@@ -150,13 +157,12 @@ def fit_resumably(trainer: L.Trainer, module: L.LightningModule, **kwargs) -> No
         sigterm = isinstance(stop, SIGTERMException)
         if not (sigterm or isinstance(stop.__context__, KeyboardInterrupt)):
             raise
-        name, code = ("SIGTERM", 143) if sigterm else ("Ctrl-C (SIGINT)", 130)
+        name, code = (_stop_signal_name(), 143) if sigterm else ("Ctrl-C (SIGINT)", 130)
         saved = [cb.saved for cb in trainer.callbacks if isinstance(cb, CheckpointOnSignal) and cb.saved]
         kept = f"saved {saved[0]}; " if saved else ""
-        raise Interrupted(
-            f"stopped by {name} at step {trainer.global_step}: {kept}run the same command with resume=true to continue",
-            code,
-        ) from None
+        then = ("the job goes back to its launcher to be requeued (or run the sweep again with its "
+                "hydra.sweep.dir)") if slurm.deferred_signal() else "run the same command with resume=true to continue"
+        raise Interrupted(f"stopped by {name} at step {trainer.global_step}: {kept}{then}", code) from None
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_symlink, atomic_write
-from . import runlog, segments
+from . import runlog, segments, slurm
 
 log = logging.getLogger("attnlab")
 RESULT_FILE = "result.json"
@@ -128,6 +128,8 @@ class _JobRecord:
         self.job_dir, self.cfg, self.result, self.earlier = job_dir, cfg, result, earlier
         self.segment: dict[str, Any] = {"started": segments.now(), "finished": None, "status": "running",
                                         "resumed_from": result["resumed_from"], "wall_time_s": 0.0}  # fmt: skip
+        if slurm.job_info():  # which SLURM job and attempt (restart_count) ran this segment
+            self.segment["slurm"] = slurm.job_info()
         self.carried: list[dict[str, Any]] = []
         self._clock = time.perf_counter()
         self._lock = threading.Lock()
@@ -151,6 +153,8 @@ class _JobRecord:
                 self._follow_checkpoint()
                 fields.update(status=status, finished=segments.now())
                 self.segment.update(status=status, finished=fields["finished"])
+                if fields.get("error"):  # why this segment ended: kept when a later segment finishes the run
+                    self.segment["error"] = fields["error"]
             self.segment["wall_time_s"] = round(time.perf_counter() - self._clock, 2)
             run = [*self.carried, self.segment]
             self.result.update(fields, started=run[0]["started"], segments=run, wall_time_s=segments.total_seconds(run),
