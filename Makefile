@@ -11,7 +11,7 @@ LOCK ?= requirements.lock
 LATEST_VENV ?= .venv-latest
 export WANDB_MODE ?= offline
 
-.PHONY: setup run test test-all lint bench lock test-latest
+.PHONY: setup run test test-all test-slurm lint bench lock test-latest
 
 $(BIN)/.attnlab-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: setup
 
 test-all: setup
 	$(BIN)/pytest -q
+
+# Sweeps through a real single-node SLURM (tests/slurm, docs/cluster.md): the tests start munged, slurmctld
+# and slurmd (scripts/slurm/local_cluster.py, state in a temporary folder) and stop them at the end.
+# Needs root and Debian's packages: apt-get install -y slurm-wlm munge. About 4 minutes on 2 cores.
+test-slurm: setup
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
+	  { echo "make test-slurm needs SLURM and munge: apt-get install -y slurm-wlm munge (as root)" >&2; exit 2; }
+	nice -n 15 $(BIN)/pytest -q -m slow tests/slurm
 
 # The suite against the newest releases of every dependency (no lock), in a separate venv, so drift shows
 # here before a user meets it. Not part of CI.
