@@ -40,8 +40,9 @@ _deferred: tuple[signal.Signals, Any] | None = None
 
 
 def in_slurm_job() -> bool:
-    """A task of a SLURM job (srun or a batch step), as Lightning detects it."""
-    return SLURMEnvironment.detect()
+    """A task of a SLURM job (srun or a batch step), as Lightning's SLURMEnvironment.detect decides, without
+    its warning that srun "is available but not used" (printed on any machine with SLURM installed)."""
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
 def requeue_signal() -> signal.Signals:
