@@ -78,13 +78,14 @@ class TranslationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _, n = self._shared_step(batch, "train")
-        self.target_tokens += int(n.item())
+        n_tgt = int(n.item())  # one device sync for both the counter and the rate
+        self.target_tokens += n_tgt
         # summed over DDP processes: each counts its own batches
         self.log("train/target_tokens", float(self.target_tokens), on_step=True, on_epoch=False,
                  sync_dist=True, reduce_fx="sum")
         now = time.perf_counter()
         if self._step_start is not None:
-            tokens = n.item() + (batch["src"] != self.model.config.pad_id).sum().item()
+            tokens = n_tgt + (batch["src"] != self.model.config.pad_id).sum().item()
             self.log("train/tokens_per_sec", tokens / (now - self._step_start), on_step=True, on_epoch=False)
         self._step_start = now
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)

@@ -28,7 +28,7 @@ from . import protocol
 from .atomic import atomic_write
 from .errors import ConfigError
 from .training import runlog
-from .training.jobs import PROTOCOL_FILE, RESULT_FILE, read_result
+from .training.jobs import PROTOCOL_FILE, RESULT_FILE, read_result, write_result
 
 REPLACED = (protocol.HYPS_DIR, protocol.REFS_DIR, PROTOCOL_FILE, RESULT_FILE)
 
@@ -87,7 +87,7 @@ def rescore(run_dir: Path) -> dict[str, float]:
     final.update(metrics)
     result["protocol"] = record
     result["rescored"] = {"at": datetime.now(timezone.utc).isoformat(), "previous": kept.name}
-    atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
+    write_result(run_dir, result)
     _append_to_log(run_dir, metrics, record["global_step"])
     return metrics
 

@@ -54,7 +54,7 @@ def read_result(job_dir: Path) -> dict | None:
 
 
 @rank_zero_only  # a multi-task (DDP) SLURM job runs every task through run_job: rank 0 keeps the record
-def _write_result(job_dir: Path, result: dict) -> None:
+def write_result(job_dir: Path, result: dict) -> None:
     # Atomic: a job killed mid-write never leaves a half-written result behind.
     atomic_write(Path(job_dir) / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str))
 
@@ -159,7 +159,7 @@ class _JobRecord:
             run = [*self.carried, self.segment]
             self.result.update(fields, started=run[0]["started"], segments=run, wall_time_s=segments.total_seconds(run),
                                segment_wall_time_s=self.segment["wall_time_s"])  # fmt: skip
-            _write_result(self.job_dir, self.result)
+            write_result(self.job_dir, self.result)
 
 
 def run_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]]) -> float | None:
