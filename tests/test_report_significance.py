@@ -189,3 +189,27 @@ def test_an_unknown_ref_is_refused_with_the_choices(tmp_path: Path, capsys) -> N
         main([str(tmp_path / "s"), "--ref", "7", "--no-plots", "-o", str(tmp_path / "out")])
     assert stop.value.code == 2
     assert "choose from model.n_heads=2, model.n_heads=4" in capsys.readouterr().err
+
+
+def test_one_seed_against_several_is_bootstrapped_against_the_same_seed(tmp_path: Path) -> None:
+    """A row run once (seed 2) beside a base rerun with seeds 1-3: the p-value is the paired bootstrap
+    against the base's seed-2 run, not a missing value; a row whose seed the base lacks gets a note."""
+    sweep = tmp_path / "sweep"
+    base_drops = {1: 9, 2: 5, 3: 11}  # the seed-2 base is the worst: a mean would hide which run is paired
+    for n, (seed, drop) in enumerate(base_drops.items()):
+        text_run(sweep / str(n), ["table3=base", f"seed={seed}"], _hyps(drop))
+    row = text_run(sweep / "3", ["table3=A_h1", "seed=2"], _hyps(3))
+    text_run(sweep / "4", ["table3=A_h4", "seed=7"], _hyps(3))
+    files = report([str(sweep)], tmp_path / "out", plots=False)
+    rows = {r["table3"]: r for r in _csv(files["csv"])}
+
+    refs, paired, hyps = read_lines(row / "refs/test_2016_flickr.txt", sweep / "1/hyps/test_2016_flickr.txt",
+                                    row / "hyps/test_2016_flickr.txt")  # fmt: skip
+    expected = paired_bootstrap(paired, {"x": hyps}, refs, n_samples=1000)
+    for metric in ("bleu", "chrf"):
+        assert float(rows["A_h1"][f"test/{metric}_p"]) == pytest.approx(expected["x"][metric].p_value)
+        delta = expected["x"][metric].score - expected["reference"][metric].score
+        assert float(rows["A_h1"][f"Δtest/{metric}"]) == pytest.approx(delta)
+    assert rows["A_h1"]["p_test"] == "paired bootstrap vs the same seed (seed=2)"
+    assert rows["A_h4"]["test/bleu_p"] == "" and "none of them the same seed" in rows["A_h4"]["p_note"]
+    assert "its Δ is against that run, not the mean" in files["markdown"].read_text()

@@ -4,8 +4,11 @@ that fits what both sides have (attnlab.report.stats does the statistics):
 - one seed a side, real text: sacreBLEU's paired bootstrap (1,000 resamples of test sentences) on the
   saved hypotheses of the protocol's first test set, BLEU and chrF;
 - two or more seeds a side: Welch's t-test over the per-seed test scores (training noise included);
+- one seed against several (a row run once beside a reference rerun with more seeds): the same paired
+  bootstrap against the reference's run of the same seed, so the pair differs only in the change
+  (same initialisation stream, same batches); the delta is then against that run, not the mean;
 - otherwise no p-value, and a note says why (no hypotheses files, a synthetic task with one seed,
-  one seed against several).
+  no run of the same seed on the other side).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 
 from ..errors import RefError
 from .compute import first_test_set
-from .data import SEED, Job, Row
+from .data import SEED, Job, Row, axis_value
 from .stats import ALPHA, paired_bootstrap, read_lines, seed_test
 
 BOOTSTRAP = "paired bootstrap"
+SAME_SEED = "paired bootstrap vs the same seed"
 WELCH = "Welch t over seeds"
 RESAMPLES = 1000
 
@@ -65,9 +69,9 @@ def _files(job: Job) -> tuple[str, Path, Path | None] | None:
     return (name, hyps, refs) if hyps.is_file() else None
 
 
-def _bootstrap(row: Row, ref: Row, metrics: list[str]) -> Comparison:
-    mine, theirs = _files(row.jobs[0]), _files(ref.jobs[0])
-    missing = [r.label for r, f in ((row, mine), (ref, theirs)) if f is None]
+def _bootstrap(row: Job, ref: Job, metrics: list[str], test: str = BOOTSTRAP) -> Comparison:
+    mine, theirs = _files(row), _files(ref)
+    missing = [j.label for j, f in ((row, mine), (ref, theirs)) if f is None]
     if missing:
         return Comparison(note=f"no p-value: no hyps/ file for {', '.join(missing)} (a run older than the "
                                "evaluation protocol, or one without a test)")  # fmt: skip
@@ -84,8 +88,22 @@ def _bootstrap(row: Row, ref: Row, metrics: list[str]) -> Comparison:
     return Comparison(
         deltas={m: result["row"][m].score - result["reference"][m].score for m in metrics},
         p_values={m: result["row"][m].p_value for m in metrics},
-        test=BOOTSTRAP,
+        test=test,
     )
+
+
+def _same_seed(row: Row, ref: Row, metrics: list[str]) -> Comparison:
+    """One seed against several: the paired bootstrap against the other side's run of that seed."""
+    single, many = (row, ref) if len(row.jobs) == 1 else (ref, row)
+    seed = axis_value(single.jobs[0], SEED)
+    match = [j for j in many.jobs if axis_value(j, SEED) == seed]
+    if not match:
+        seeds = ",".join(axis_value(j, SEED) for j in many.jobs)
+        return Comparison(note=f"no p-value: 1 seed ({seed}) against {len(many.jobs)} ({seeds}), none of them "
+                               f"the same seed (bootstrap: the same seed a side; Welch: two or more)")  # fmt: skip
+    mine, theirs = (single.jobs[0], match[0]) if single is row else (match[0], single.jobs[0])
+    out = _bootstrap(mine, theirs, metrics, test=f"{SAME_SEED} ({SEED}={seed})")
+    return out
 
 
 def _welch(row: Row, ref: Row, metrics: list[str]) -> Comparison:
@@ -113,8 +131,11 @@ def compare(row: Row, ref: Row, metrics: list[str], real_text: bool) -> Comparis
         if not real_text:
             return Comparison(note="no p-value: the paired bootstrap scores BLEU/chrF on real text; on a "
                                    f"synthetic task give seeds ({SEED}=1,2,3) for Welch's test")  # fmt: skip
-        return _bootstrap(row, ref, metrics)
-    return Comparison(note=f"no p-value: {n} seed(s) against {n_ref} (bootstrap: one a side; Welch: two or more)")
+        return _bootstrap(row.jobs[0], ref.jobs[0], metrics)
+    if not real_text:
+        return Comparison(note=f"no p-value: {n} seed(s) against {n_ref}; on a synthetic task give two or more "
+                               "seeds a side for Welch's test")  # fmt: skip
+    return _same_seed(row, ref, metrics)
 
 
 def compare_all(rows: list[Row], ref: Row | None, metrics: list[str], real_text: bool) -> list[Comparison | None]:

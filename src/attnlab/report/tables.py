@@ -21,7 +21,7 @@ from ..cli import explain_and_exit
 from ..errors import RefError
 from .compute import ESTIMATED, TOKENS_LABEL
 from .data import SEED, Job, Row, load, test_checkpoint
-from .significance import BOOTSTRAP, RESAMPLES, WELCH, Comparison, compare_all, reference_row
+from .significance import BOOTSTRAP, RESAMPLES, SAME_SEED, WELCH, Comparison, compare_all, reference_row
 
 console = Console(width=200)
 # (column, header). Headers say where a number comes from: train and val columns are the last
@@ -166,6 +166,10 @@ class Significance:
         if BOOTSTRAP in tests:
             out.append(f"{BOOTSTRAP}: sacreBLEU's, {RESAMPLES:,} resamples of the sentences of the protocol's "
                        "first test set, one run a side (test-set noise only, not seed noise).")  # fmt: skip
+        if any(t.startswith(SAME_SEED) for t in tests):
+            out.append(f"{SAME_SEED}: a row with one seed against a reference with several (or the other way): "
+                       "the same bootstrap against the other side's run of that seed, which saw the same "
+                       "initialisation stream and batches; its Δ is against that run, not the mean.")  # fmt: skip
         if WELCH in tests:
             out.append(f"{WELCH}: Welch's t-test over the per-seed test scores (training noise included; "
                        "little power with 2-3 seeds).")  # fmt: skip
