@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+# export: tests/test_export.py runs the exported models in transformers and CTranslate2.
+EXTRAS ?= dev,export
 # Every Python dependency (torch aside: TORCH_SPEC) at the versions the suite passed with; `make lock` refreshes it.
 LOCK ?= requirements.lock
 LATEST_VENV ?= .venv-latest
@@ -47,7 +48,7 @@ test-slurm: setup
 test-latest:
 	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e ".[dev,bench]"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e ".[dev,bench,export]"
 	$(LATEST_VENV)/bin/pip freeze --exclude-editable > $(LATEST_VENV)/freeze.txt
 	$(LATEST_VENV)/bin/pytest -q -m "not slow" -p no:cacheprovider
 
