@@ -436,7 +436,7 @@ def test_the_training_schema_is_the_decode_config_less_the_inference_only_keys()
 
     schema = {f.name: f.default for f in dataclasses.fields(DecodeSchema)}
     typed = {f.name: f.default for f in dataclasses.fields(DecodeConfig) if f.name not in INFERENCE_ONLY}
-    assert schema == typed and INFERENCE_ONLY == {"min_len"}
+    assert schema == typed and INFERENCE_ONLY == {"min_len", "precision"}
 
 
 @pytest.mark.parametrize(

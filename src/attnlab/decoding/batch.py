@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..data.tokenizers import content_ids
 from ..model import Transformer
 from .config import DecodeConfig
+from .precision import for_decoding
 from .search import generate
 
 log = logging.getLogger("attnlab")
@@ -48,8 +49,10 @@ def translate_ids(
     decoded as `config` says.
 
     Sentences are decoded longest first in batches of similar length (little padding);
-    the results come back in input order.
+    the results come back in input order. `config.precision` other than fp32 decodes with a
+    converted copy of the model (decoding/precision.py).
     """
+    model = for_decoding(model, config.precision, config.compile)
     cfg, device = model.config, next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
     results: list = [None] * len(sources)

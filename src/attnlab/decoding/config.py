@@ -19,6 +19,10 @@ from ..errors import ConfigError
 
 Strategy = Literal["greedy", "beam"]
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+# The weights the search runs with (attnlab/decoding/precision.py): fp32 as trained; bf16 the whole
+# model in bfloat16; int8 the large linear layers quantised (dynamic int8), for serving.
+Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class DecodeConfig:
     max_len_b: int = 50
     compile: bool = False  # the decoder step under torch.compile: changes the speed, never the output
     min_len: int = 0  # no EOS before min_len tokens (INFERENCE_ONLY: not a key of attnlab-train)
+    precision: Precision = "fp32"  # the weights' number format while decoding (INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -58,7 +63,10 @@ class DecodeConfig:
 
     def describe(self) -> str:
         """The settings as eval and translate print them: what decides the output, not its speed."""
-        return " ".join(f"{k}={getattr(self, k)}" for k in SHOWN)
+        shown = [f"{k}={getattr(self, k)}" for k in SHOWN]
+        if self.precision != DEFAULTS["precision"]:  # it changes the output too, a little
+            shown.append(f"precision={self.precision}")
+        return " ".join(shown)
 
     @classmethod
     def for_checkpoint(
@@ -86,7 +94,7 @@ BEAM_ONLY = frozenset({"beam_size", "n_best", "length_penalty"})
 SPEED_ONLY = frozenset({"compile"})
 # Taken by attnlab-eval and attnlab-translate (`+decode.min_len=N`) but not a key of the training
 # schema (conf/decode/ does not set it), so a training config still refuses it.
-INFERENCE_ONLY = frozenset({"min_len"})
+INFERENCE_ONLY = frozenset({"min_len", "precision"})
 # The keys eval and translate print (describe), in their order.
 SHOWN = ("strategy", "beam_size", "length_penalty", "max_len_a", "max_len_b", "n_best")
 _HINTS = typing.get_type_hints(DecodeConfig)
@@ -124,8 +132,8 @@ def _checked(key: str, value: Any) -> Any:
     """`value` as the type of `key`, or a ConfigError naming the key."""
     kind = _HINTS[key]
     if typing.get_origin(kind) is Literal:
-        if value not in STRATEGIES:
-            raise ConfigError(f"decode.{key}={value!r} is not one of {list(STRATEGIES)}")
+        if value not in typing.get_args(kind):
+            raise ConfigError(f"decode.{key}={value!r} is not one of {list(typing.get_args(kind))}")
         return value
     if kind is bool:
         if not isinstance(value, bool):
