@@ -25,6 +25,7 @@ from ..model import TransformerConfig
 from ..runtime import keep_freed_memory
 from ..training.metadata import cpu_model
 from . import config as bench_config
+from . import real
 from . import results as res
 from .flops import GemmSuite, total_flops, train_gemms
 from .lightning_loop import lightning_overhead
@@ -152,8 +153,14 @@ def run_benchmark(cfg: DictConfig) -> dict:
 
 
 def bench(cfg: DictConfig) -> dict:
-    results = run_benchmark(cfg)
-    res.print_tables(results)
+    if cfg.real.ckpt:  # the real-data part (perf/real.py) instead of the synthetic one
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        results = {"meta": _meta(cfg, torch.device("cpu"), []), "real": real.run_real(cfg, cfg.real)}
+        real.print_real(results["real"])
+    else:
+        results = run_benchmark(cfg)
+        res.print_tables(results)
     if cfg.output:
         path = Path(to_absolute_path(cfg.output))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,27 @@ SYSTEM_NAMES = ("attnlab", "torch", "marian")
 
 
 @dataclass
+class RealSchema:
+    """`real.*`: decode a real test set with a trained checkpoint (attnlab/perf/real.py)."""
+
+    ckpt: str | None = None  # given: the real-data part runs instead of the synthetic one
+    average_last: int = 0
+    split: str = "test"  # the checkpoint run's own test split (its data config), or any test set's name
+    src_file: str | None = None  # or a source/reference pair of one sentence a line
+    ref_file: str | None = None
+    limit: int | None = None  # the first N sentences only
+    systems: list = field(default_factory=lambda: ["attnlab", "attnlab+compile", "attnlab-bf16", "attnlab-int8",
+                                                   "marian", "ctranslate2", "ctranslate2-int8"])  # fmt: skip
+    strategies: list = field(default_factory=lambda: ["greedy", "beam"])
+    beam_size: int = 4
+    batch_size: int = 64
+    max_len: int = 128  # output tokens at most (EOS included), the same for every system
+    warmup: int = 1
+    rounds: int = 3
+    bleu_tolerance: float = 0.1  # attnlab and HF decode the same model: their BLEU must agree this closely
+
+
+@dataclass
 class BenchSchema:
     model: ModelSchema = field(default_factory=ModelSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
@@ -39,6 +60,7 @@ class BenchSchema:
     seed: int = 0
     output: str | None = None
     task_name: str = "bench"
+    real: RealSchema = field(default_factory=RealSchema)
 
 
 ConfigStore.instance().store(name="attnlab_bench_schema", node=BenchSchema)
