@@ -112,7 +112,7 @@ def test_bench_with_marian(tmp_path):
 
 def test_a_switch_marian_lacks_is_a_config_error_with_the_way_out():
     pytest.importorskip("transformers")
-    with pytest.raises(ConfigError, match=r"norm=post .*systems=\[attnlab,torch\]"):
+    with pytest.raises(ConfigError, match=r"model.norm=pre cannot be exported to Marian.*systems=\[attnlab,torch\]"):
         bench.run_benchmark(compose_bench("systems=[attnlab,torch,marian]", "model.norm=pre"))
 
 

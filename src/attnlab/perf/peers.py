@@ -9,7 +9,7 @@ both forced to a fixed output length so that random weights cannot stop early.
 - `torch`: `torch.nn.Transformer` between the same embeddings, positions and output layer;
   its decoder is the naive loop that re-runs the whole prefix at every step (no cache).
 - `marian`: Hugging Face `MarianMTModel` from a `MarianConfig` (random init, nothing
-  downloaded), decoded with `generate`. Needs the `bench` extra (`pip install attnlab[bench]`).
+  downloaded; the config attnlab-export writes), decoded with `generate`. Needs the `export` extra.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..decoding import beam_search, greedy_search
-from ..errors import ConfigError
+from ..export.marian import check_marian, marian_config
 from ..model import Transformer, TransformerConfig
 from ..model.loss import label_smoothed_nll
 from ..model.transformer import Embeddings, _token_embedding
@@ -155,36 +155,13 @@ class MarianSystem(System):
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg)
         try:
-            from transformers import MarianConfig, MarianMTModel
+            from transformers import MarianMTModel
         except ImportError as err:
-            raise ImportError("the marian peer needs transformers: pip install 'attnlab[bench]'") from err
-        if cfg.src_vocab_size != cfg.tgt_vocab_size or cfg.norm != "post" or cfg.positional != "sinusoidal":
-            raise ConfigError("the marian peer needs a shared vocabulary, norm=post and positional=sinusoidal")
-        self.model = MarianMTModel(
-            MarianConfig(
-                vocab_size=cfg.src_vocab_size,
-                d_model=cfg.d_model,
-                max_position_embeddings=cfg.max_len,
-                encoder_layers=cfg.encoder_layers,
-                decoder_layers=cfg.decoder_layers,
-                encoder_attention_heads=cfg.n_heads,
-                decoder_attention_heads=cfg.n_heads,
-                encoder_ffn_dim=cfg.d_ff,
-                decoder_ffn_dim=cfg.d_ff,
-                activation_function="relu",
-                dropout=cfg.dropout,
-                attention_dropout=cfg.attention_dropout,
-                activation_dropout=0.0,
-                scale_embedding=True,
-                pad_token_id=cfg.pad_id,
-                eos_token_id=cfg.eos_id,
-                bos_token_id=cfg.bos_id,
-                decoder_start_token_id=cfg.bos_id,
-                forced_eos_token_id=None,
-                share_encoder_decoder_embeddings=True,
-                tie_word_embeddings=cfg.tie_embeddings != "none",
-            )
-        )
+            raise ImportError("the marian peer needs transformers: pip install 'attnlab[export]'") from err
+        check_marian(cfg)  # the switches Marian lacks, by name (a ConfigError)
+        config = marian_config(cfg)  # attnlab-export's mapping, so the peer is the exported model's shape
+        config.forced_eos_token_id = None  # the benchmark forces full-length outputs
+        self.model = MarianMTModel(config)
 
     def logits(self, src, tgt_in):
         return self.model(input_ids=src, attention_mask=src != self.cfg.pad_id, decoder_input_ids=tgt_in).logits
