@@ -6,7 +6,9 @@ Every system decodes the same sentences with the same search: the same beam size
 penalty (alpha 0: attnlab's GNMT penalty and the len^alpha of the others agree only there), search
 ending once `beam_size` hypotheses have ended (HF `early_stopping=True`), and one output length
 limit for all. Sentences are sorted by length and cut into batches of `batch_size` for attnlab and
-HF alike (CTranslate2 sorts its own). The timed part is ids in, ids out: tokenisation and scoring
+HF alike (CTranslate2 sorts its own). attnlab and CTranslate2 decode one batch per core at once
+(decoding/batch.py: decoding_workers; CTranslate2's inter_threads); HF's generate has no such mode
+and runs one batch on all of torch's threads. The timed part is ids in, ids out: tokenisation and scoring
 are outside it. Rounds are interleaved (measure.interleaved_medians), so load from elsewhere hits
 every system alike, and ratios are also taken round by round (paired).
 
@@ -129,8 +131,10 @@ class CTranslate2Decoder(Decoder):
         import ctranslate2
 
         self.name, self.test = name, test
+        # Its faster layout here, as attnlab's (decoding_workers): `threads` batches at once, one core
+        # each (on 2 cores about twice the sentences/s of one batch on 2 threads: docs/performance.md).
         self.translator = ctranslate2.Translator(str(folder), device="cpu", compute_type=compute_type,
-                                                 intra_threads=threads, inter_threads=1)  # fmt: skip
+                                                 intra_threads=1, inter_threads=threads)  # fmt: skip
         beams = config.beam_size if config.strategy == "beam" else 1
         # CTranslate2 stops at its limit without an EOS; attnlab's limit counts the EOS it forces there.
         self.kwargs = dict(beam_size=beams, length_penalty=0.0, max_decoding_length=limit - 1, min_decoding_length=0,
