@@ -135,6 +135,11 @@ class CTranslate2Decoder(Decoder):
         # each (on 2 cores about twice the sentences/s of one batch on 2 threads: docs/performance.md).
         self.translator = ctranslate2.Translator(str(folder), device="cpu", compute_type=compute_type,
                                                  intra_threads=1, inter_threads=threads)  # fmt: skip
+        # CTranslate2 sets the OpenMP thread count of the calling thread to its intra_threads, and
+        # torch reads the same setting: give the process's own back, or every later torch op (and
+        # each later system's thread count) would run on one core.
+        torch.set_num_threads(threads)
+        self.threads = threads
         beams = config.beam_size if config.strategy == "beam" else 1
         # CTranslate2 stops at its limit without an EOS; attnlab's limit counts the EOS it forces there.
         self.kwargs = dict(beam_size=beams, length_penalty=0.0, max_decoding_length=limit - 1, min_decoding_length=0,
@@ -143,6 +148,7 @@ class CTranslate2Decoder(Decoder):
 
     def run(self) -> None:
         results = self.translator.translate_batch(self.test.pieces, **self.kwargs)
+        torch.set_num_threads(self.threads)
         self.output = [content_ids(self.piece_id(p) for p in r.hypotheses[0]) for r in results]
 
 
@@ -169,7 +175,8 @@ def _test_set(trained: TrainedModel, cfg: DictConfig) -> TestSet:
     return TestSet(name, sources, pieces, ref)
 
 
-def _build(cfg: DictConfig, trained: TrainedModel, test: TestSet, strategy: str, work: Path) -> dict[str, Decoder]:
+def _build(cfg: DictConfig, trained: TrainedModel, test: TestSet, strategy: str, work: Path,
+           threads: int) -> dict[str, Decoder]:  # fmt: skip
     """The requested systems for one search; peers from one export of the checkpoint (made once, in `work`)."""
     model_cfg = trained.model.config
     limit = min(cfg.max_len, model_cfg.max_len)
@@ -186,7 +193,7 @@ def _build(cfg: DictConfig, trained: TrainedModel, test: TestSet, strategy: str,
         else:
             compute = "int8" if name.endswith("int8") else "float32"
             decoders[name] = CTranslate2Decoder(name, work / "ctranslate2", test, config, limit, cfg.batch_size,
-                                                compute, torch.get_num_threads(), trained.tgt_tokenizer.sp.piece_to_id)
+                                                compute, threads, trained.tgt_tokenizer.sp.piece_to_id)
     return decoders
 
 
@@ -228,6 +235,7 @@ def _per_round(times: dict, slow: str, fast: str) -> float | None:
 def run_real(cfg: DictConfig, real: DictConfig) -> dict:
     """Decode the test set with every system and search; figures, ratios, targets, checks."""
     check(real)
+    threads = torch.get_num_threads()  # read before CTranslate2 can change it (CTranslate2Decoder)
     trained = load_for_inference(to_absolute_path(real.ckpt), real.average_last, tempfile.mkdtemp())
     test = _test_set(trained, real)
     log.info("real-data benchmark: %s, %d sentences, systems %s", test.name, len(test.sources), list(real.systems))
@@ -235,7 +243,7 @@ def run_real(cfg: DictConfig, real: DictConfig) -> dict:
         work = Path(tmp)
         _export(real, trained, work)
         decoders = {f"{strategy}/{name}": d for strategy in real.strategies
-                    for name, d in _build(real, trained, test, strategy, work).items()}  # fmt: skip
+                    for name, d in _build(real, trained, test, strategy, work, threads).items()}  # fmt: skip
         tasks: dict[str, Callable[[], float]] = {}
         for task, decoder in decoders.items():
             tasks[task] = _timed(decoder)
@@ -278,7 +286,7 @@ def run_real(cfg: DictConfig, real: DictConfig) -> dict:
         "checkpoint": str(trained.path),
         "search": {"beam_size": real.beam_size, "length_penalty": 0.0, "max_len": min(real.max_len,
                    trained.model.config.max_len), "batch_size": real.batch_size},  # fmt: skip
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "systems": figures,
         "checks": checks,
         "targets": targets,
