@@ -54,6 +54,19 @@ def text_run(run_dir: Path, overrides: list[str], hyps: list[str] | None, bleu: 
     return run_dir
 
 
+def assert_bootstrapped(row: dict, reference: Path, run: Path) -> dict:
+    """The row's p-values and deltas are sacreBLEU's paired bootstrap of `run`'s hypotheses against
+    `reference`'s (BLEU and chrF); returns that bootstrap's result."""
+    refs, theirs, mine = read_lines(reference / "refs/test_2016_flickr.txt", reference / "hyps/test_2016_flickr.txt",
+                                    run / "hyps/test_2016_flickr.txt")  # fmt: skip
+    expected = paired_bootstrap(theirs, {"x": mine}, refs, n_samples=1000)
+    for metric in ("bleu", "chrf"):
+        assert float(row[f"test/{metric}_p"]) == pytest.approx(expected["x"][metric].p_value)
+        delta = expected["x"][metric].score - expected["reference"][metric].score
+        assert float(row[f"Δtest/{metric}"]) == pytest.approx(delta)
+    return expected
+
+
 def test_one_seed_a_side_gets_sacrebleus_paired_bootstrap_on_the_saved_hypotheses(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     base = text_run(sweep / "0", ["model.n_heads=8"], _hyps(7))
@@ -62,13 +75,7 @@ def test_one_seed_a_side_gets_sacrebleus_paired_bootstrap_on_the_saved_hypothese
     files = report([str(sweep)], tmp_path / "out", plots=False, ref="model.n_heads=8")
     rows = {r["model.n_heads"]: r for r in _csv(files["csv"])}
 
-    refs, base_hyps, worse_hyps = read_lines(base / "refs/test_2016_flickr.txt", base / "hyps/test_2016_flickr.txt",
-                                             worse / "hyps/test_2016_flickr.txt")  # fmt: skip
-    expected = paired_bootstrap(base_hyps, {"x": worse_hyps}, refs, n_samples=1000)
-    for metric in ("bleu", "chrf"):
-        assert float(rows["1"][f"test/{metric}_p"]) == pytest.approx(expected["x"][metric].p_value)
-        delta = expected["x"][metric].score - expected["reference"][metric].score
-        assert float(rows["1"][f"Δtest/{metric}"]) == pytest.approx(delta)
+    expected = assert_bootstrapped(rows["1"], base, worse)
     assert float(rows["1"]["Δtest/bleu"]) < 0
     assert rows["1"]["p_test"] == "paired bootstrap" and rows["8"]["p_test"] == "reference"
     assert rows["1"]["ref"] == "model.n_heads=8"
@@ -203,13 +210,7 @@ def test_one_seed_against_several_is_bootstrapped_against_the_same_seed(tmp_path
     files = report([str(sweep)], tmp_path / "out", plots=False)
     rows = {r["table3"]: r for r in _csv(files["csv"])}
 
-    refs, paired, hyps = read_lines(row / "refs/test_2016_flickr.txt", sweep / "1/hyps/test_2016_flickr.txt",
-                                    row / "hyps/test_2016_flickr.txt")  # fmt: skip
-    expected = paired_bootstrap(paired, {"x": hyps}, refs, n_samples=1000)
-    for metric in ("bleu", "chrf"):
-        assert float(rows["A_h1"][f"test/{metric}_p"]) == pytest.approx(expected["x"][metric].p_value)
-        delta = expected["x"][metric].score - expected["reference"][metric].score
-        assert float(rows["A_h1"][f"Δtest/{metric}"]) == pytest.approx(delta)
+    assert_bootstrapped(rows["A_h1"], sweep / "1", row)
     assert rows["A_h1"]["p_test"] == "paired bootstrap vs the same seed (seed=2)"
     assert rows["A_h4"]["test/bleu_p"] == "" and "none of them the same seed" in rows["A_h4"]["p_note"]
     assert "its Δ is against that run, not the mean" in files["markdown"].read_text()
