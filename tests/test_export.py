@@ -5,6 +5,8 @@ shared embeddings), trained here for a few more steps so that greedy outputs var
 compute attnlab's function: equal logits, and greedy outputs equal token for token (Transformers'
 `generate` on MarianTokenizer's ids, CTranslate2 on its tokens) with attnlab's on real test sentences.
 Other tie/vocabulary layouts are checked on small random models, where a mapping error shows as clearly.
+attnlab-bench's real-data part runs on the same run (installed command, fresh process): HF on the export
+gives attnlab's hypotheses and BLEU, and the results file carries figures, checks and targets.
 """
 
 from __future__ import annotations
@@ -338,3 +340,53 @@ def test_console_script_writes_a_marian_folder_and_a_ctranslate2_model(ckpt, tmp
         f"attnlab-export: error: out={tmp_path / 'marian'} is a folder that is not empty; choose a new one, "
         "or overwrite=true"
     )
+
+
+# -- attnlab-bench's real-data part on the same run (perf/real.py) ---------------------------------
+
+BENCH_SYSTEMS = ["attnlab", "attnlab-int8", "marian", "ctranslate2", "ctranslate2-int8"]
+
+
+def test_real_data_bench_decodes_the_test_set_in_every_system(ckpt, trained, tmp_path):
+    out = tmp_path / "real.json"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(BIN / "attnlab-bench"), f"real.ckpt={ckpt}", "real.rounds=1", "real.warmup=0", "threads=1",
+         "real.beam_size=3", f"real.systems=[{','.join(BENCH_SYSTEMS)}]", f"output={out}", f"paths.log_dir={tmp_path}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "real data: test, 30 sentences" in done.stdout and "real-data targets" in done.stdout
+    results = json.loads(out.read_text())["real"]
+    assert results["sentences"] == 30 and results["search"]["beam_size"] == 3
+    assert set(results["systems"]) == set(BENCH_SYSTEMS)
+    for by_strategy in results["systems"].values():
+        assert set(by_strategy) == {"greedy", "beam"}
+        for f in by_strategy.values():
+            assert f["sentences_per_sec"] > 0 and f["tokens_per_sec"] > f["sentences_per_sec"]
+            assert 0.0 <= f["bleu"] <= 100.0
+    # the same model and search in HF: the same hypotheses, so the same BLEU
+    marian = [c for c in results["checks"] if c["check"].startswith("marian")]
+    assert len(marian) == 2 and all(c["ok"] and c["identical"] == 1.0 for c in marian), marian
+    for strategy in ("greedy", "beam"):
+        assert results["systems"]["marian"][strategy]["bleu"] == results["systems"]["attnlab"][strategy]["bleu"]
+    targets = {(t["system"], t["peer"], t["strategy"]): t for t in results["targets"]}
+    assert ("attnlab", "marian", "beam") in targets and ("attnlab-int8", "ctranslate2-int8", "greedy") in targets
+    for t in targets.values():
+        assert t["met"] == (t["paired"] >= t["target"]) and t["paired"] > 0
+
+
+def test_real_data_bench_refuses_unknown_systems_and_unaligned_files(ckpt, tmp_path):
+    from omegaconf import OmegaConf
+
+    from attnlab.perf import real
+    from attnlab.perf.config import RealSchema
+
+    (tmp_path / "a.de").write_text("ein Hund\nzwei Hunde\n")
+    (tmp_path / "a.en").write_text("a dog\n")
+    base = OmegaConf.structured(RealSchema(ckpt=str(ckpt)))
+    with pytest.raises(ConfigError, match=r"real.systems=\['attnlab', 'fairseq'\] must include attnlab"):
+        real.run_real(None, OmegaConf.merge(base, {"systems": ["attnlab", "fairseq"]}))
+    with pytest.raises(ConfigError, match="has 2 lines but real.ref_file 1"):
+        real.run_real(None, OmegaConf.merge(base, {"src_file": str(tmp_path / "a.de"),
+                                                   "ref_file": str(tmp_path / "a.en")}))  # fmt: skip
