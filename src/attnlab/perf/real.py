@@ -171,7 +171,9 @@ def _test_set(trained: TrainedModel, cfg: DictConfig) -> TestSet:
     src, ref = src[: cfg.limit], ref[: cfg.limit]
     tok = trained.src_tokenizer
     sources = fit_sources([tok.encode(s) for s in src], trained.model, what=name)
-    pieces = [[tok.sp.id_to_piece(i) for i in ids] for ids in sources]  # EOS as "</s>", as exported
+    # CTranslate2's input: SentencePiece pieces, EOS as "</s>", as exported (a word-level run has none, and
+    # attnlab-export refuses it before any peer is built)
+    pieces = [[tok.sp.id_to_piece(i) for i in ids] for ids in sources] if hasattr(tok, "sp") else []
     return TestSet(name, sources, pieces, ref)
 
 
