@@ -20,7 +20,6 @@ only the speed (compile) must give the eager path's hypotheses exactly.
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from ..data.tokenizers import content_ids
 from ..decoding import DecodeConfig
 from ..decoding.batch import fit_sources, translate_ids
 from ..errors import ConfigError
-from .measure import interleaved_medians
+from .measure import interleaved_medians, timed
+from .results import per_round
 
 log = logging.getLogger("attnlab")
 
@@ -227,28 +227,21 @@ def _bleu(trained: TrainedModel, output: list[list[int]], refs: list[str]) -> fl
     return sacrebleu.corpus_bleu(hyps, [refs]).score
 
 
-def _per_round(times: dict, slow: str, fast: str) -> float | None:
-    """Median over rounds of slow's time / fast's time: how many times faster `fast` ran."""
-    if slow not in times or fast not in times:
-        return None
-    return statistics.median(a / b for a, b in zip(times[slow]["times_s"], times[fast]["times_s"]))
-
-
 def run_real(cfg: DictConfig, real: DictConfig) -> dict:
     """Decode the test set with every system and search; figures, ratios, targets, checks."""
     check(real)
     threads = torch.get_num_threads()  # read before CTranslate2 can change it (CTranslate2Decoder)
-    trained = load_for_inference(to_absolute_path(real.ckpt), real.average_last, tempfile.mkdtemp())
-    test = _test_set(trained, real)
-    log.info("real-data benchmark: %s, %d sentences, systems %s", test.name, len(test.sources), list(real.systems))
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(tmp)  # the averaged checkpoint and the exports, gone with the run
+        trained = load_for_inference(to_absolute_path(real.ckpt), real.average_last, work)
+        test = _test_set(trained, real)
+        log.info("real-data benchmark: %s, %d sentences, systems %s", test.name, len(test.sources),
+                 list(real.systems))  # fmt: skip
         _export(real, trained, work)
         decoders = {f"{strategy}/{name}": d for strategy in real.strategies
                     for name, d in _build(real, trained, test, strategy, work, threads).items()}  # fmt: skip
-        tasks: dict[str, Callable[[], float]] = {}
-        for task, decoder in decoders.items():
-            tasks[task] = _timed(decoder)
+        tasks: dict[str, Callable[[], float]] = {task: timed(d.run, cpu) for task, d in decoders.items()}
         times = interleaved_medians(tasks, real.warmup, real.rounds)
     figures: dict[str, dict] = {}
     for task, decoder in decoders.items():
@@ -260,6 +253,8 @@ def run_real(cfg: DictConfig, real: DictConfig) -> dict:
             "tokens_per_sec": tokens / seconds,
             "bleu": _bleu(trained, decoder.output, test.references),
             "seconds": seconds,
+            # attnlab eager's speed over this system's, round by round (None for attnlab eager itself)
+            "paired_vs_attnlab": None if name == ATTNLAB else per_round(times, task, f"{strategy}/{ATTNLAB}"),
         }
     checks = []
     for strategy in real.strategies:
@@ -279,13 +274,14 @@ def run_real(cfg: DictConfig, real: DictConfig) -> dict:
     for system, peer, strategy, at_least in TARGETS:
         if system in figures and peer in figures and strategy in figures[system]:
             median = figures[system][strategy]["sentences_per_sec"] / figures[peer][strategy]["sentences_per_sec"]
-            paired = _per_round(times, f"{strategy}/{peer}", f"{strategy}/{system}")
+            paired = per_round(times, f"{strategy}/{peer}", f"{strategy}/{system}")
             targets.append({"system": system, "peer": peer, "strategy": strategy, "target": at_least,
                             "ratio": median, "paired": paired, "met": paired >= at_least})  # fmt: skip
     return {
         "test_set": test.name,
         "sentences": len(test.sources),
-        "checkpoint": str(trained.path),
+        "checkpoint": real.ckpt,
+        "average_last": real.average_last,
         "search": {"beam_size": real.beam_size, "length_penalty": 0.0, "max_len": min(real.max_len,
                    trained.model.config.max_len), "batch_size": real.batch_size},  # fmt: skip
         "threads": threads,
@@ -294,17 +290,6 @@ def run_real(cfg: DictConfig, real: DictConfig) -> dict:
         "targets": targets,
         "times_s": {task: t["times_s"] for task, t in times.items()},
     }
-
-
-def _timed(decoder: Decoder) -> Callable[[], float]:
-    import time
-
-    def run() -> float:
-        start = time.perf_counter()
-        decoder.run()
-        return time.perf_counter() - start
-
-    return run
 
 
 def print_real(results: dict, console: Console | None = None) -> None:
@@ -317,9 +302,9 @@ def print_real(results: dict, console: Console | None = None) -> None:
         table.add_column(column, justify="left" if column in ("system", "search") else "right")
     for name, by_strategy in results["systems"].items():
         for strategy, f in by_strategy.items():
-            ratio = _per_round(results_times(results), f"{strategy}/{name}", f"{strategy}/{ATTNLAB}")
+            ratio = f["paired_vs_attnlab"]
             table.add_row(name, strategy, f"{f['sentences_per_sec']:.1f}", f"{f['tokens_per_sec']:.0f}",
-                          f"{f['bleu']:.2f}", "" if name == ATTNLAB else f"{ratio:.2f}x")  # fmt: skip
+                          f"{f['bleu']:.2f}", "" if ratio is None else f"{ratio:.2f}x")  # fmt: skip
     console.print(table)
     for c in results["checks"]:
         console.print(("[green]ok[/] " if c["ok"] else "[red]FAILED[/] ") + c["check"])
@@ -332,6 +317,3 @@ def print_real(results: dict, console: Console | None = None) -> None:
                         f">= {t['target']}", met)  # fmt: skip
     console.print(targets)
 
-
-def results_times(results: dict) -> dict:
-    return {task: {"times_s": t} for task, t in results["times_s"].items()}
