@@ -385,8 +385,8 @@ def test_real_data_bench_refuses_unknown_systems_and_unaligned_files(ckpt, tmp_p
     (tmp_path / "a.de").write_text("ein Hund\nzwei Hunde\n")
     (tmp_path / "a.en").write_text("a dog\n")
     base = OmegaConf.structured(RealSchema(ckpt=str(ckpt)))
+    bench = lambda **real_keys: OmegaConf.create({"threads": None, "real": OmegaConf.merge(base, real_keys)})
     with pytest.raises(ConfigError, match=r"real.systems=\['attnlab', 'fairseq'\] must include attnlab"):
-        real.run_real(None, OmegaConf.merge(base, {"systems": ["attnlab", "fairseq"]}))
+        real.run_real(bench(systems=["attnlab", "fairseq"]))
     with pytest.raises(ConfigError, match="has 2 lines but real.ref_file 1"):
-        real.run_real(None, OmegaConf.merge(base, {"src_file": str(tmp_path / "a.de"),
-                                                   "ref_file": str(tmp_path / "a.en")}))  # fmt: skip
+        real.run_real(bench(src_file=str(tmp_path / "a.de"), ref_file=str(tmp_path / "a.en")))

@@ -154,9 +154,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
 
 def bench(cfg: DictConfig) -> dict:
     if cfg.real.ckpt:  # the real-data part (perf/real.py) instead of the synthetic one
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        results = {"meta": _meta(cfg, torch.device("cpu"), []), "real": real.run_real(cfg, cfg.real)}
+        results = {"meta": _meta(cfg, torch.device("cpu"), []), "real": real.run_real(cfg)}
         real.print_real(results["real"])
     else:
         results = run_benchmark(cfg)

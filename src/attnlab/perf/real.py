@@ -227,9 +227,12 @@ def _bleu(trained: TrainedModel, output: list[list[int]], refs: list[str]) -> fl
     return sacrebleu.corpus_bleu(hyps, [refs]).score
 
 
-def run_real(cfg: DictConfig, real: DictConfig) -> dict:
-    """Decode the test set with every system and search; figures, ratios, targets, checks."""
+def run_real(cfg: DictConfig) -> dict:
+    """Decode the test set of `cfg.real` with every system and search; figures, ratios, targets, checks."""
+    real = cfg.real
     check(real)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()  # read before CTranslate2 can change it (CTranslate2Decoder)
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,12 +98,10 @@ def _same_seed(row: Row, ref: Row, metrics: list[str]) -> Comparison:
     seed = axis_value(single.jobs[0], SEED)
     match = [j for j in many.jobs if axis_value(j, SEED) == seed]
     if not match:
-        seeds = ",".join(axis_value(j, SEED) for j in many.jobs)
-        return Comparison(note=f"no p-value: 1 seed ({seed}) against {len(many.jobs)} ({seeds}), none of them "
+        return Comparison(note=f"no p-value: 1 seed ({seed}) against {len(many.jobs)} ({many.seeds}), none of them "
                                f"the same seed (bootstrap: the same seed a side; Welch: two or more)")  # fmt: skip
     mine, theirs = (single.jobs[0], match[0]) if single is row else (match[0], single.jobs[0])
-    out = _bootstrap(mine, theirs, metrics, test=f"{SAME_SEED} ({SEED}={seed})")
-    return out
+    return _bootstrap(mine, theirs, metrics, test=f"{SAME_SEED} ({SEED}={seed})")
 
 
 def _welch(row: Row, ref: Row, metrics: list[str]) -> Comparison:
