@@ -390,3 +390,25 @@ def test_real_data_bench_refuses_unknown_systems_and_unaligned_files(ckpt, tmp_p
         real.run_real(bench(systems=["attnlab", "fairseq"]))
     with pytest.raises(ConfigError, match="has 2 lines but real.ref_file 1"):
         real.run_real(bench(src_file=str(tmp_path / "a.de"), ref_file=str(tmp_path / "a.en")))
+
+
+def test_eval_decodes_with_int8_weights_on_the_real_corpus_run(ckpt, tmp_path):
+    """README's `decode.precision=int8`, through the installed attnlab-eval in a fresh process, on the
+    real-corpus run's own test split: the int8 BLEU stays near the fp32 one, and results.json says int8."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    scores = {}
+    for precision in ("fp32", "int8"):
+        logs = tmp_path / precision
+        done = subprocess.run(
+            [str(BIN / "attnlab-eval"), f"ckpt={ckpt}", "split=test", "decode=greedy",
+             f"decode.precision={precision}", f"paths.log_dir={logs}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        [path] = logs.glob("eval/runs/*/results.json")
+        record = json.loads(path.read_text())
+        assert record["decode"].get("precision", "fp32") == precision
+        assert record["metrics"]["sentences"] == N_SENTENCES
+        scores[precision] = record["metrics"]["bleu"]
+    assert "precision=int8" in done.stdout
+    assert scores["fp32"] > 1.0 and abs(scores["int8"] - scores["fp32"]) <= 3.0, scores
