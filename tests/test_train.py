@@ -4,6 +4,7 @@ to end as a user runs it, and the model really learns (and the positional ablati
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,3 +84,41 @@ def test_a_tiny_model_learns_copy_and_positions_are_needed_for_reverse(compose_t
     assert copy["test/exact_match"] >= 0.95, copy
     blind = _fit(compose_train, tmp_path / "none", "data=reverse", "model.positional=none", "trainer.max_epochs=6")
     assert blind["test/exact_match"] <= 0.3, blind
+
+
+def test_bf16_mixed_training_clips_like_fp32(compose_train, tmp_path):
+    """`trainer.precision=bf16-mixed` with the default clipping: Lightning's mixed-precision plugin
+    refuses to clip for a fused optimizer (a rule for fp16's loss scaling); bf16 has no scaler, so
+    the module clips itself, to the same norm as fp32, and the run trains to a finite, falling loss."""
+    import lightning as L
+    import torch
+
+    from attnlab.lit_module import TranslationModule
+
+    module = TranslationModule(
+        model=dict(src_vocab_size=8, tgt_vocab_size=8, d_model=16, d_ff=32, n_heads=2, encoder_layers=1,
+                   decoder_layers=1, max_len=16),
+        optim=dict(schedule="inverse_sqrt", lr=1e-3, lr_scale=1.0, warmup_steps=10, betas=[0.9, 0.98], eps=1e-9,
+                   weight_decay=0.0, label_smoothing=0.0),
+    )  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    module._trainer = trainer
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"]  # bf16 keeps the fused step
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
+    assert norm == pytest.approx(1.0, rel=1e-4)
+
+    runs = {
+        precision: _fit(compose_train, tmp_path / precision, "data=copy", f"trainer.precision={precision}",
+                        "trainer.max_steps=100", "trainer.limit_val_batches=2")
+        for precision in ("32-true", "bf16-mixed")
+    }  # fmt: skip
+    fp32, bf16 = (runs[p]["test/nll"] for p in ("32-true", "bf16-mixed"))
+    # An untrained model's test NLL is about log(20 classes) = 3.0; both learn, and bf16 about as far
+    # (at 100 steps the curve is steep: seeds 0-2 differ by 0.28, 0.00 and 0.04 nats).
+    assert fp32 < 2.0 and bf16 < 2.0, runs
+    assert abs(bf16 - fp32) < 0.5, runs

@@ -14,6 +14,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from .checkpoint import CHECKPOINT_FORMAT
 from .data.tokenizers import Tokenizer, content_ids, tokenizer_from_state
@@ -149,7 +150,8 @@ class TranslationModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         # fused: one kernel per parameter instead of ~8 (docs/performance.md); CPU and CUDA only.
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
+        # Not under fp16's GradScaler: a fused step unscales inside itself, after the clipping.
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters()) and not _grad_scaler(self._trainer)
         opt = torch.optim.Adam(
             self.parameters(), lr=1.0, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"],
             fused=fused,
@@ -163,6 +165,16 @@ class TranslationModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its own
+        # gradients (fused Adam), a rule for fp16's GradScaler. bf16-mixed has no scaler: the
+        # gradients are at their true scale and clip as in fp32, by the plugin's parent class.
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            super(MixedPrecision, plugin).clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["attnlab_format"] = CHECKPOINT_FORMAT
         checkpoint["tokenizers"] = {k: t.to_state() for k, t in self.tokenizers.items()}
@@ -171,3 +183,9 @@ class TranslationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizers = {k: tokenizer_from_state(v) for k, v in checkpoint.get("tokenizers", {}).items()}
         self.target_tokens = int(checkpoint.get("target_tokens", 0))
+
+
+def _grad_scaler(trainer) -> bool:
+    """Whether the trainer scales the loss (fp16 mixed precision): bf16 and fp32 do not."""
+    plugin = getattr(trainer, "precision_plugin", None)
+    return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
