@@ -4,7 +4,6 @@ to end as a user runs it, and the model really learns (and the positional ablati
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
