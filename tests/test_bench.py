@@ -55,7 +55,8 @@ def check_results(out: dict, systems: list[str]) -> None:
     for name, fig in out["systems"].items():
         assert {key for key, _, _ in results.METRICS} <= set(fig), name
         assert fig["train_tokens_per_s"] == pytest.approx(tokens / fig["train_step_s"])
-        assert fig["mfu"] == pytest.approx(gemm["ceiling_s"] / fig["train_step_s"])
+        ceiling_s = statistics.median(out["times_s"]["gemm" if fig["precision"] == cfg["precision"] else "gemm/bf16"])
+        assert fig["mfu"] == pytest.approx(ceiling_s / fig["train_step_s"])
         assert fig["greedy_sentences_per_s"] == pytest.approx(sentences / fig["greedy_s"])
         if name == "torch":  # the naive reference has no beam search
             assert fig["beam_s"] is None and fig["beam_sentences_per_s"] is None and fig["beam_peak_mib"] is None
@@ -94,11 +95,15 @@ def check_results(out: dict, systems: list[str]) -> None:
 
 
 def test_bench_runs_end_to_end_and_its_json_is_consistent(tmp_path, capsys):
-    cfg = compose_bench("systems=[attnlab,torch]", f"output={tmp_path / 'bench.json'}")
+    cfg = compose_bench("systems=[attnlab,attnlab-bf16,torch]", f"output={tmp_path / 'bench.json'}")
     returned = bench.bench(cfg)
     out = json.loads((tmp_path / "bench.json").read_text())
     assert out["systems"] == returned["systems"]
-    check_results(out, ["attnlab", "torch"])
+    check_results(out, ["attnlab", "attnlab-bf16", "torch"])
+    # attnlab-bf16: attnlab under bf16 autocast beside the fp32 systems, its MFU against the bf16 GEMMs
+    bf16 = out["systems"]["attnlab-bf16"]
+    assert [out["systems"][n]["precision"] for n in ("attnlab", "attnlab-bf16", "torch")] == ["fp32", "bf16", "fp32"]
+    assert bf16["mfu"] == pytest.approx(statistics.median(out["times_s"]["gemm/bf16"]) / bf16["train_step_s"])
     assert out["meta"]["threads"] == torch.get_num_threads() and out["meta"]["versions"]["torch"] == torch.__version__
     printed = capsys.readouterr().out
     assert "attnlab / peer" in printed and "Lightning loop" in printed and "GEMM ceiling" in printed
@@ -190,11 +195,12 @@ def test_random_batch_is_dense_and_shifted():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("systems=[attnlab,nope]", "systems"), ("precision=fp8", "precision"), ("decode_len=300", "model.max_len")],
+    [("systems=[attnlab,nope]", "systems"), ("precision=fp8", "precision"), ("decode_len=300", "model.max_len"),
+     ("precision=bf16 systems=[attnlab,attnlab-bf16]", "attnlab-bf16")],  # fmt: skip
 )
 def test_bad_settings_are_config_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        bench.run_benchmark(compose_bench(override))
+        bench.run_benchmark(compose_bench(*override.split()))
 
 
 def test_command_reports_a_bad_setting_in_one_line(tmp_path):

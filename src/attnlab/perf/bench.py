@@ -34,6 +34,7 @@ from .peers import SYSTEMS, CompiledAttnlabSystem, System
 from .workload import DecodeStep, TrainStep, random_batch
 
 log = logging.getLogger("attnlab")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def model_config(cfg: DictConfig) -> TransformerConfig:
@@ -113,17 +114,19 @@ def run_benchmark(cfg: DictConfig) -> dict:
 
     # attnlab+compile is timed for training with compile=true, for decoding with compile_decode=true.
     timed_for_training = [n for n in systems if n != res.COMPILED or cfg.compile]
-    train = {n: TrainStep(systems[n], batch, optim, cfg.precision) for n in timed_for_training}
+    precision = {n: s.precision or cfg.precision for n, s in systems.items()}  # attnlab-bf16: its own
+    train = {n: TrainStep(systems[n], batch, optim, precision[n]) for n in timed_for_training}
     decoders = {}
     for name, s in systems.items():
         if name != res.COMPILED or cfg.compile_decode:
             for what, beams in (("greedy", 1), ("beam", cfg.beam_size)):
-                step = DecodeStep(s, batch, cfg.decode_len, beams, cfg.precision)
+                step = DecodeStep(s, batch, cfg.decode_len, beams, precision[name])
                 if step.available:
                     decoders[f"{what}/{name}"] = step
     gemms = train_gemms(model_cfg, cfg.batch_size, cfg.src_len, cfg.tgt_len)
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    tasks = {"gemm": GemmSuite(gemms, device, dtype)}
+    # Each system's MFU against the GEMM ceiling of its own precision.
+    gemm = {p: "gemm" if p == cfg.precision else f"gemm/{p}" for p in {cfg.precision, *precision.values()}}
+    tasks = {task: GemmSuite(gemms, device, DTYPES[p]) for p, task in gemm.items()}
     tasks |= {f"train/{name}": timed(step, device) for name, step in train.items()}
     tasks |= {task: timed(step, device) for task, step in decoders.items()}
     times = interleaved_medians(tasks, cfg.warmup, cfg.repeats)
@@ -133,11 +136,15 @@ def run_benchmark(cfg: DictConfig) -> dict:
         lightning_overhead(model_cfg, batch, optim, cfg.warmup, cfg.repeats, cfg.precision) if cfg.lightning else None
     )
     flops = total_flops(gemms)
-    ceiling_s = times["gemm"]["median_s"]
+    ceiling = {p: flops / times[task]["median_s"] for p, task in gemm.items()}  # FLOP/s
+    ceiling_s = flops / ceiling[cfg.precision]
     figures = {
-        name: res.system_figures(times, memory, name, batch.target_tokens, cfg.batch_size, flops, flops / ceiling_s)
+        name: res.system_figures(times, memory, name, batch.target_tokens, cfg.batch_size, flops,
+                                 ceiling[precision[name]])
         for name in systems
-    }
+    }  # fmt: skip
+    for name, figure in figures.items():
+        figure["precision"] = precision[name]
     ratios = res.ratios(figures)
     return {
         "meta": _meta(cfg, device, [n for n in cfg.systems if n not in systems]),

@@ -12,7 +12,8 @@ from omegaconf import MISSING
 from ..config import ModelSchema, OptimSchema
 from ..errors import ConfigError
 
-SYSTEM_NAMES = ("attnlab", "torch", "marian")
+SYSTEM_NAMES = ("attnlab", "attnlab-bf16", "torch", "marian")
+DEFAULT_SYSTEMS = ("attnlab", "torch", "marian")
 
 
 @dataclass
@@ -47,7 +48,7 @@ class BenchSchema:
     tgt_len: int = 24
     decode_len: int = 24
     beam_size: int = 4
-    systems: list = field(default_factory=lambda: list(SYSTEM_NAMES))
+    systems: list = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
     warmup: int = 2
     repeats: int = 5
     device: str = "cpu"
@@ -73,6 +74,9 @@ def check(cfg) -> None:
         raise ConfigError(f"systems={list(cfg.systems)} must include attnlab and name only {list(SYSTEM_NAMES)}")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision={cfg.precision!r} is not one of ['fp32', 'bf16']")
+    if cfg.precision == "bf16" and "attnlab-bf16" in cfg.systems:
+        raise ConfigError("attnlab-bf16 pairs bf16 with fp32 systems: with precision=bf16 every system is bf16; "
+                          "drop it from systems, or keep precision=fp32")  # fmt: skip
     if cfg.device not in ("cpu", "cuda"):
         raise ConfigError(f"device={cfg.device!r} is not one of ['cpu', 'cuda']")
     for key in ("batch_size", "src_len", "tgt_len", "decode_len", "beam_size", "repeats"):

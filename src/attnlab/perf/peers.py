@@ -8,6 +8,8 @@ both forced to a fixed output length so that random weights cannot stop early.
 - `attnlab`: this package's `Transformer` with its KV-cached `greedy_search` / `beam_search`.
 - `torch`: `torch.nn.Transformer` between the same embeddings, positions and output layer;
   its decoder is the naive loop that re-runs the whole prefix at every step (no cache).
+- `attnlab-bf16`: attnlab again, its steps under bf16 autocast while the others run in the
+  benchmark's precision: bf16 against fp32 paired in one process (`trainer.precision=bf16-mixed`).
 - `marian`: Hugging Face `MarianMTModel` from a `MarianConfig` (random init, nothing
   downloaded; the config attnlab-export writes), decoded with `generate`. Needs the `export` extra.
 """
@@ -30,6 +32,7 @@ class System:
 
     name: str
     model: nn.Module
+    precision: str | None = None  # its own precision; None: the benchmark's `precision`
 
     def __init__(self, cfg: TransformerConfig):
         self.cfg = cfg
@@ -68,6 +71,13 @@ class AttnlabSystem(System):
     def beam(self, src, length, beam_size):
         limits = dict(max_len=length, min_len=length - 1, compile=self.compile_decoder)
         return beam_search(self.model, src, beam_size=beam_size, **limits)[0]
+
+
+class Bf16AttnlabSystem(AttnlabSystem):
+    """attnlab under bf16 autocast, beside the fp32 systems (perf/workload.py, `autocast`)."""
+
+    name = "attnlab-bf16"
+    precision = "bf16"
 
 
 class CompiledAttnlabSystem(AttnlabSystem):
@@ -186,4 +196,6 @@ class MarianSystem(System):
         return self._generate(src, length, beam_size)
 
 
-SYSTEMS: dict[str, type[System]] = {"attnlab": AttnlabSystem, "torch": TorchSystem, "marian": MarianSystem}
+SYSTEMS: dict[str, type[System]] = {
+    "attnlab": AttnlabSystem, "attnlab-bf16": Bf16AttnlabSystem, "torch": TorchSystem, "marian": MarianSystem,
+}  # fmt: skip
