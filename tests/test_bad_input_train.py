@@ -15,6 +15,7 @@ import sys
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+from omegaconf import OmegaConf
 
 import attnlab.train
 from attnlab.config import model_config
@@ -266,3 +267,18 @@ def test_real_command_bad_trainer_value_is_one_line_without_a_traceback(tmp_path
     )
     assert "Traceback" not in done.stdout + done.stderr
     assert not list((tmp_path / "out").glob("train/runs/*/checkpoints"))
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_training_on_a_cpu_without_bf16_instructions_is_warned(monkeypatch, has_bf16):
+    """bf16-mixed is the faster choice only where the CPU multiplies bf16 (docs/performance.md);
+    elsewhere torch emulates it: the run goes ahead with a warning naming the key and the way back."""
+    monkeypatch.setattr(preflight, "cpu_has_bf16", lambda: has_bf16)
+    cpu = OmegaConf.create({"accelerator": "cpu", "precision": "bf16-mixed"})
+    warning = preflight.check_cpu_precision(cpu)
+    if has_bf16:
+        assert warning is None
+    else:
+        assert "trainer.precision=bf16-mixed" in warning and "trainer.precision=null" in warning
+    for other in ({"accelerator": "cpu", "precision": None}, {"accelerator": "gpu", "precision": "bf16-mixed"}):
+        assert preflight.check_cpu_precision(OmegaConf.create(other)) is None

@@ -12,6 +12,7 @@ is built: no val/test sentence longer than `model.max_len`, no pair larger than 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,8 @@ from omegaconf import DictConfig
 
 from ..errors import PreflightError
 from ..suggest import did_you_mean
+
+log = logging.getLogger("attnlab")
 
 # Weights plus Adam's two moments, and the files alive at once: best, last, and a temporary copy
 # while one of them is rewritten atomically.
@@ -143,6 +146,30 @@ def check_accelerator(trainer: DictConfig) -> None:
         )
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): elsewhere torch emulates
+    bf16 and a bf16 run is slower than fp32 (docs/performance.md)."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def check_cpu_precision(trainer: DictConfig) -> str | None:
+    """A warning for bf16 training on a CPU without bf16 instructions (it still runs, slowly); None otherwise."""
+    precision, accelerator = str(trainer.get("precision") or ""), trainer.get("accelerator", "auto")
+    if not precision.startswith("bf16") or accelerator not in ("cpu", "auto") or cpu_has_bf16():
+        return None
+    if accelerator == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    return (
+        f"trainer.precision={precision} on a CPU without bf16 instructions (AVX512-BF16 or AMX): torch emulates "
+        "them, so this run will be slower than with the default fp32 (trainer.precision=null)"
+    )
+
+
 def _torch_build() -> str:
     import torch
 
@@ -216,6 +243,8 @@ def check_model_memory(cfg: DictConfig, memory: tuple[int, str] | None = None) -
 def check_environment(cfg: DictConfig) -> None:
     """What config values alone cannot tell: the hardware is there and the model fits in it."""
     check_accelerator(cfg.trainer)
+    if warning := check_cpu_precision(cfg.trainer):
+        log.warning(warning)
     check_model_memory(cfg)
 
 
