@@ -83,10 +83,13 @@ def translate_ids(
     order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
     results: list = [None] * len(sources)
 
-    @torch.no_grad()  # grad mode is per thread: a worker starts with it on
     def decode_batch(chunk: list[int]) -> None:
         src = pad_sequence([torch.tensor(sources[i]) for i in chunk], batch_first=True, padding_value=cfg.pad_id)
-        tokens, scores = generate(model, src.to(device), config)  # (b, n, T), (b, n)
+        # Grad mode is per thread: a worker starts with it on. Inference mode rather than no_grad: a
+        # step's hundred small ops skip autograd's version counters and view records (docs/performance.md);
+        # the compiled step keeps no_grad, the mode its graphs are traced and guarded in.
+        with torch.no_grad() if config.compile else torch.inference_mode():
+            tokens, scores = generate(model, src.to(device), config)  # (b, n, T), (b, n)
         for row, i in enumerate(chunk):
             results[i] = [
                 (content_ids(t, cfg.pad_id, cfg.bos_id, cfg.eos_id), float(s))
