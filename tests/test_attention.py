@@ -184,12 +184,13 @@ def test_grouped_cross_attention_equals_keys_repeated_per_beam():
 @pytest.mark.parametrize("queries", [1, 4, 16, 17], ids=lambda n: f"{n} queries")
 def test_few_query_path_equals_the_fused_kernel(queries):
     """Decoding steps (no gradients, up to SMALL_QUERY queries per head: one, or a sentence's
-    beams) take the explicit matmuls, longer query blocks and training the fused kernel: both
-    give the same attention, with keys given as a plain tensor or as a view of transposed
-    storage (the decoder cache)."""
-    from attnlab.model.attention import SMALL_QUERY
+    beams) take the explicit matmuls (products and sums below ATen's plain-loop size), longer
+    query blocks and training the fused kernel: all give the same attention, with keys given as a
+    plain tensor or as a view of transposed storage (the decoder cache)."""
+    from attnlab.model.attention import PLAIN_LOOP_BMM, SMALL_QUERY
 
     assert SMALL_QUERY == 16  # the cases above straddle it
+    assert 4 * S * (D // H) < PLAIN_LOOP_BMM <= 16 * S * (D // H)  # and the sums' size: 1 and 4 take them
     mha = make_mha()
     q, k, v = torch.randn(B, H, queries, D // H), torch.randn(B, H, S, D // H), torch.randn(B, H, S, D // H)
     mask = key_padding_mask([7, 4, 2], S)

@@ -23,6 +23,10 @@ from .positional import AttentionPositions
 # same results, except a row whose keys are all masked: NaN here, 0 from the fused kernel (never
 # the case in attnlab: every source ends with EOS, and causal rows see themselves).
 SMALL_QUERY = 16
+# Below this many multiply-adds per matrix (queries x keys x head width), ATen's CPU batched
+# matmul takes a plain loop instead of the BLAS library, several times slower than products
+# and sums at a decoding step's sizes (one query, a few dozen keys; docs/performance.md).
+PLAIN_LOOP_BMM = 400
 
 
 def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -57,8 +61,9 @@ def attention_by_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     whatever produced k and v (the gather of IndirectKVCache), where the matmuls would be
     separate library calls on materialised inputs, and a sentence's beams attending together to
     the encoder gain from it too. For one query per row (greedy) there is no gather to fuse and
-    the matmuls stay the faster form (figures: docs/performance.md). Eager it would build
-    (B, h, Tq, Tk, d_k) products, so only compiled code takes it. Shapes as `MultiHeadAttention.attend`."""
+    the matmuls stay the faster form (figures: docs/performance.md). Eager it builds
+    (B, h, Tq, Tk, d_k) products, which pays only where ATen's batched matmul would take its plain
+    loop (`PLAIN_LOOP_BMM`): a decoding step's first few dozen keys. Shapes as `MultiHeadAttention.attend`."""
     scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
     scores = apply_mask(scores, mask)
     return (scores.softmax(dim=-1)[..., None] * v[..., None, :, :]).sum(-2)  # (B, h, Tq, d_v)
@@ -176,6 +181,8 @@ class MultiHeadAttention(nn.Module):
             # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
             # Training keeps the fused kernel (and its backward) for short batches too.
             if by_sums and torch.compiler.is_compiling():  # decode.compile: one loop, gathers included
+                return attention_by_sums(q, k, v, mask)
+            if q.device.type == "cpu" and q.size(-2) * k.size(-2) * min(q.size(-1), v.size(-1)) < PLAIN_LOOP_BMM:
                 return attention_by_sums(q, k, v, mask)
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
