@@ -37,7 +37,7 @@ def random_batch(cfg: TransformerConfig, batch_size: int, src_len: int, tgt_len:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast (GPU runs), or nothing for fp32."""
+    """bf16 autocast (a GPU, or a CPU with bf16 instructions), or nothing for fp32."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
