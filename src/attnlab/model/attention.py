@@ -180,9 +180,11 @@ class MultiHeadAttention(nn.Module):
             # A decoding step (one query per head, or a sentence's beams as queries): two
             # small matmuls cost less than the fused kernel's set-up (docs/performance.md).
             # Training keeps the fused kernel (and its backward) for short batches too.
-            if by_sums and torch.compiler.is_compiling():  # decode.compile: one loop, gathers included
-                return attention_by_sums(q, k, v, mask)
-            if q.device.type == "cpu" and q.size(-2) * k.size(-2) * min(q.size(-1), v.size(-1)) < PLAIN_LOOP_BMM:
+            if torch.compiler.is_compiling():
+                if by_sums:  # decode.compile: one loop, gathers included
+                    return attention_by_sums(q, k, v, mask)
+            # ATen's eager plain loop only: in a compiled step the size test would guard every graph on it.
+            elif q.device.type == "cpu" and q.size(-2) * k.size(-2) * min(q.size(-1), v.size(-1)) < PLAIN_LOOP_BMM:
                 return attention_by_sums(q, k, v, mask)
             return attention_weights(q, k, mask, False) @ v
         # Fused kernel (flash / memory-efficient on GPU, fused on CPU).
